@@ -1,0 +1,40 @@
+# One short way to do each thing. Every target creates the virtual environment on first use.
+PY ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast bench lint install clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: the CPU wheel of 2.13.0 (a bare `torch` would fetch a CUDA build)
+	$(BIN)/python -m pip install -q "torch==2.13.0"
+	$(BIN)/python -m pip install -q -e ".[train,test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The main job: the end-to-end demo on the embedded defaults (SQLite file under runs/demo).
+demo: $(STAMP)
+	$(BIN)/branchpoint demo --policy expert --out runs/demo
+
+## Every test, PostgreSQL included (started if it is down).
+test: $(STAMP)
+	bash scripts/ensure-postgres.sh
+	$(BIN)/python -m pytest -q
+
+## The tests without the slow ones (training, subprocess fault injection).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	bash scripts/ensure-postgres.sh
+	for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info runs

@@ -1,0 +1,1 @@
+"""The ``branchpoint`` command line and the application wiring."""

@@ -1,0 +1,74 @@
+"""The ``branchpoint`` command line.
+
+Exit codes: 0 done; 1 bad input (nothing stored); 2 usage. Data goes to stdout, errors to
+stderr. Every subcommand takes ``--db URL`` (default ``$BRANCHPOINT_DB`` or
+``sqlite:///branchpoint.db``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="branchpoint",
+    help="Step-level preference data from trees of agent behaviour.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DEFAULT_DB = "sqlite:///branchpoint.db"
+
+
+def default_db() -> str:
+    return os.environ.get("BRANCHPOINT_DB") or DEFAULT_DB
+
+
+DbOption = Annotated[
+    str,
+    typer.Option("--db", help="Store URL: sqlite:///file.db, postgresql://user@host/db, "
+                 "memory://. Default: $BRANCHPOINT_DB or sqlite:///branchpoint.db.",
+                 default_factory=default_db, show_default=False),
+]
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print ``message`` to stderr and return the Exit to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@app.callback()
+def _root() -> None:
+    """Record agent trees, branch them, score them, export TRL-ready preference data."""
+
+
+def _register() -> None:
+    from branchpoint.cli import ingest
+
+    ingest.register(app)
+    for module in ("branchpoint.cli.data", "branchpoint.cli.envs"):
+        try:
+            mod = __import__(module, fromlist=["register"])
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        mod.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    """Entry point of the ``branchpoint`` script."""
+    try:
+        app()
+    except BrokenPipeError:
+        # `branchpoint export dpo | head` closes stdout early; that is not an error.
+        sys.stderr.close()
+        os._exit(0)

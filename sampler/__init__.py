@@ -1,0 +1,1 @@
+"""Environments, forking, the tree sampler, scoring and replay of recorded trajectories."""

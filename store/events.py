@@ -1,0 +1,424 @@
+"""The event model: the public contract every recorder writes and every reader folds.
+
+An event is a fact about one tree of agent behaviour. Four types exist:
+
+``node_created``
+    A node. The root (``parent_id`` null) opens a task with its ``messages`` and ``task``
+    (``env``, ``task_id`` and whatever the environment needs), optionally ``tools`` and
+    ``origin``. Any other node is one step from its parent: ``action`` is the assistant
+    message taken, ``produced_by`` says what drew it.
+``action_executed``
+    The environment ran a node's action and answered with ``observation`` messages;
+    ``done`` is true, false, or null when the recorder cannot know.
+``score_assigned``
+    A value in [0, 1] for a node from a ``source`` (``checker``, ``judge``, ``human``...).
+``tree_closed``
+    The tree is finished, with a ``reason``.
+
+Events are frozen msgspec structs, which are also the wire codec. They are stored by their
+stable ``type`` name and a ``version``; an older payload is lifted to the current version
+by the upcasters in :data:`UPCASTERS` on read, and stored rows are never rewritten.
+
+This module is imported by the SDK: it must stay free of SQLAlchemy, NetworkX, HTTP
+clients and anything else heavy. It does no I/O, reads no clock and mints no ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Any, Final, Literal, NamedTuple
+
+import msgspec
+
+from branchpoint.store.errors import InvalidEvent
+
+__all__ = [
+    "CURRENT_VERSION",
+    "EVENT_TYPES",
+    "UPCASTERS",
+    "ActionExecuted",
+    "Event",
+    "EventHead",
+    "NodeCreated",
+    "Payload",
+    "ScoreAssigned",
+    "TreeClosed",
+    "PAYLOAD_TYPES",
+    "canonical_payload",
+    "decode_event",
+    "decode_lines",
+    "digest",
+    "encode_event",
+    "normalize",
+]
+
+CURRENT_VERSION: Final = 1
+
+JsonObject = dict[str, Any]
+Message = dict[str, Any]
+
+
+class NodeCreated(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """A node of a tree: the root that opens a task, or one step taken from a parent."""
+
+    node_id: str
+    parent_id: str | None = None
+    messages: list[Message] | None = None
+    task: JsonObject | None = None
+    tools: list[JsonObject] | None = None
+    origin: str | None = None
+    action: Message | None = None
+    produced_by: JsonObject | None = None
+    meta: JsonObject | None = None
+
+    @property
+    def is_root(self) -> bool:
+        return self.parent_id is None
+
+
+class ActionExecuted(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """The environment ran ``node_id``'s action and answered with ``observation``."""
+
+    node_id: str
+    observation: list[Message]
+    done: bool | None
+    info: JsonObject | None = None
+    latency_ms: float | None = None
+    meta: JsonObject | None = None
+
+
+class ScoreAssigned(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """A value in [0, 1] for ``node_id`` from ``source``; the latest per source counts."""
+
+    node_id: str
+    value: float
+    source: str
+    detail: JsonObject | None = None
+    meta: JsonObject | None = None
+
+
+class TreeClosed(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """The tree is finished; a tree without this event is unfinished and can be resumed."""
+
+    reason: str
+    detail: JsonObject | None = None
+    meta: JsonObject | None = None
+
+
+Payload = NodeCreated | ActionExecuted | ScoreAssigned | TreeClosed
+EventType = Literal["node_created", "action_executed", "score_assigned", "tree_closed"]
+
+PAYLOAD_TYPES: Final[dict[str, type[Payload]]] = {
+    "node_created": NodeCreated,
+    "action_executed": ActionExecuted,
+    "score_assigned": ScoreAssigned,
+    "tree_closed": TreeClosed,
+}
+TYPE_NAMES: Final[dict[type[Payload], str]] = {v: k for k, v in PAYLOAD_TYPES.items()}
+EVENT_TYPES: Final = tuple(PAYLOAD_TYPES)
+
+
+class Event(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One fact in the log. ``seq`` is assigned by the store and is None before append."""
+
+    event_id: str
+    tree_id: str
+    type: str
+    version: int
+    recorded_at: datetime
+    payload: Payload
+    seq: int | None = None
+
+    @classmethod
+    def of(cls, payload: Payload, *, tree_id: str, event_id: str,
+           recorded_at: datetime) -> Event:
+        """An event of the current version whose ``type`` follows from its payload.
+        The caller mints the id and reads the clock; this module does neither."""
+        return cls(event_id=event_id, tree_id=tree_id, type=TYPE_NAMES[type(payload)],
+                   version=CURRENT_VERSION, recorded_at=recorded_at, payload=payload)
+
+    @property
+    def node_id(self) -> str | None:
+        return getattr(self.payload, "node_id", None)
+
+    def same_content(self, other: Event) -> bool:
+        """Whether two events state the same fact (``seq`` ignored, values decoded)."""
+        return digest(self) == digest(other)
+
+    def head(self) -> EventHead:
+        """The scalars a tree fold needs, without the messages."""
+        p = self.payload
+        if isinstance(p, NodeCreated):
+            return EventHead(self.seq or 0, self.type, p.node_id, p.parent_id, None, None, None)
+        if isinstance(p, ActionExecuted):
+            return EventHead(self.seq or 0, self.type, p.node_id, None, p.done, None, None)
+        if isinstance(p, ScoreAssigned):
+            return EventHead(self.seq or 0, self.type, p.node_id, None, None, p.value, p.source)
+        # tree_closed: the reason travels in the parent_id slot, the one string slot free
+        return EventHead(self.seq or 0, self.type, None, p.reason, None, None, None)
+
+
+class EventHead(NamedTuple):
+    """An event reduced to the scalars the tree fold reads; stores can serve these directly
+    from indexed columns without decoding payloads."""
+
+    seq: int
+    type: str
+    node_id: str | None
+    parent_id: str | None
+    done: bool | None
+    value: float | None
+    source: str | None
+
+
+# --- versioning --------------------------------------------------------------------------
+
+#: ``(type, version) -> function`` lifting a payload dict from ``version`` to ``version + 1``.
+#: Version 1 is the first published format, so the table is empty; a schema change adds an
+#: entry here and bumps :data:`CURRENT_VERSION`, and old rows keep decoding.
+UPCASTERS: dict[tuple[str, int], Callable[[JsonObject], JsonObject]] = {}
+
+
+# --- decoding ----------------------------------------------------------------------------
+
+
+class _Envelope(msgspec.Struct, forbid_unknown_fields=True):
+    event_id: str
+    tree_id: str
+    type: str
+    version: int
+    recorded_at: datetime
+    payload: msgspec.Raw
+    seq: int | None = None
+
+
+_envelope_decoder = msgspec.json.Decoder(_Envelope)
+_payload_decoders = {name: msgspec.json.Decoder(cls) for name, cls in PAYLOAD_TYPES.items()}
+_json_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder(order="sorted")
+_AT_PATH = re.compile(r"^(.*) - at `\$\.?(.*)`$")
+
+
+def _located(exc: msgspec.ValidationError, prefix: str) -> tuple[str, str | None]:
+    text = str(exc)
+    m = _AT_PATH.match(text)
+    if not m:
+        return text, None
+    path = m.group(2)
+    field = f"{prefix}.{path}" if prefix and path else (prefix or path or None)
+    return m.group(1), field
+
+
+def decode_event(data: bytes | str, *, line: int | None = None) -> Event:
+    """Decode and validate one event from its JSON form.
+
+    Raises:
+        InvalidEvent: malformed JSON, a missing, mistyped or unknown field, an unknown type
+            or version, or a payload that breaks a rule of its type.
+    """
+    try:
+        env = _envelope_decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        reason, field = _located(exc, "")
+        raise InvalidEvent(reason, line=line, event_id=_peek_id(data), field=field) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidEvent(f"malformed JSON ({exc})", line=line) from None
+    return _from_envelope(env, line)
+
+
+def _peek_id(data: bytes | str) -> str | None:
+    try:
+        obj = _json_decoder.decode(data)
+    except msgspec.DecodeError:
+        return None
+    ev_id = obj.get("event_id") if isinstance(obj, dict) else None
+    return ev_id if isinstance(ev_id, str) else None
+
+
+def _from_envelope(env: _Envelope, line: int | None) -> Event:
+    def fail(reason: str, field: str | None) -> InvalidEvent:
+        return InvalidEvent(reason, line=line, event_id=env.event_id, field=field)
+
+    if not env.event_id:
+        raise fail("must be a non-empty string", "event_id")
+    if not env.tree_id:
+        raise fail("must be a non-empty string", "tree_id")
+    cls = PAYLOAD_TYPES.get(env.type)
+    if cls is None:
+        raise fail(f"unknown event type {env.type!r}; expected one of {list(EVENT_TYPES)}", "type")
+    if not 1 <= env.version <= CURRENT_VERSION:
+        raise fail(f"unsupported version {env.version}; this store reads 1..{CURRENT_VERSION}",
+                   "version")
+    if env.recorded_at.tzinfo is None:
+        raise fail("must carry a UTC offset, e.g. 2026-01-01T10:00:00Z", "recorded_at")
+    try:
+        if env.version == CURRENT_VERSION:
+            payload = _payload_decoders[env.type].decode(env.payload)
+        else:
+            raw = _json_decoder.decode(env.payload)
+            for v in range(env.version, CURRENT_VERSION):
+                raw = UPCASTERS[(env.type, v)](raw)
+            payload = msgspec.convert(raw, cls)
+    except msgspec.ValidationError as exc:
+        reason, field = _located(exc, "payload")
+        raise fail(reason, field) from None
+    _check_payload(payload, fail)
+    return Event(
+        event_id=env.event_id,
+        tree_id=env.tree_id,
+        type=env.type,
+        recorded_at=env.recorded_at.astimezone(UTC),
+        payload=payload,
+        version=CURRENT_VERSION,
+        seq=env.seq,
+    )
+
+
+def decode_lines(lines: Iterable[bytes | str], *, first_line: int = 1) -> Iterator[Event]:
+    """Decode JSON Lines, skipping blank lines; errors name the 1-based line number."""
+    for number, raw in enumerate(lines, start=first_line):
+        if not raw.strip():
+            continue
+        yield decode_event(raw, line=number)
+
+
+def encode_event(event: Event) -> bytes:
+    """The event's JSON form (one line, no newline), payload keys sorted."""
+    return _encoder.encode(event)
+
+
+def canonical_payload(payload: Payload) -> bytes:
+    """The payload's canonical JSON: keys sorted, absent optional fields omitted."""
+    return _encoder.encode(payload)
+
+
+def digest(event: Event) -> str:
+    """SHA-256 over everything an event states except ``seq``; equal digests mean the
+    same fact, so a re-sent event is recognised whatever its key order or time format."""
+    h = hashlib.sha256()
+    for part in (event.event_id, event.tree_id, event.type, str(event.version),
+                 event.recorded_at.astimezone(UTC).isoformat()):
+        h.update(part.encode())
+        h.update(b"\x00")
+    h.update(canonical_payload(event.payload))
+    return h.hexdigest()
+
+
+def normalize(event: Event) -> Event:
+    """Validate an event built in Python exactly as if it had arrived as JSON.
+
+    Raises:
+        InvalidEvent: as :func:`decode_event`.
+    """
+    expected = TYPE_NAMES.get(type(event.payload))
+    if expected is not None and event.type != expected:
+        raise InvalidEvent(f"type {event.type!r} does not match a {expected} payload",
+                           event_id=event.event_id, field="type")
+    try:
+        data = _encoder.encode(event)
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise InvalidEvent(f"not encodable as JSON ({exc})", event_id=event.event_id) from None
+    return decode_event(data)
+
+
+# --- payload rules beyond types ------------------------------------------------------------
+
+_ROOT_ONLY = ("messages", "task", "tools", "origin")
+_MESSAGE_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+
+
+def _check_payload(p: Payload, fail: Callable[[str, str | None], InvalidEvent]) -> None:
+    if isinstance(p, NodeCreated):
+        if not p.node_id:
+            raise fail("must be a non-empty string", "payload.node_id")
+        if p.parent_id is None:
+            if not p.messages:
+                raise fail("the root must open the task with at least one message",
+                           "payload.messages")
+            for i, m in enumerate(p.messages):
+                _check_message(m, f"payload.messages[{i}]", fail)
+            if p.task is None:
+                raise fail("the root must carry a task with env and task_id", "payload.task")
+            env = p.task.get("env")
+            if not isinstance(env, str) or not env:
+                raise fail("must be a non-empty string", "payload.task.env")
+            task_id = p.task.get("task_id")
+            if isinstance(task_id, bool) or not isinstance(task_id, str | int):
+                raise fail("must be a string or an integer", "payload.task.task_id")
+            if p.action is not None:
+                raise fail("the root has no action; it opens the task", "payload.action")
+            if p.tools is not None:
+                for i, t in enumerate(p.tools):
+                    if not isinstance(t.get("type"), str):
+                        raise fail("a tool schema needs a type (\"function\")",
+                                   f"payload.tools[{i}]")
+        else:
+            if not p.parent_id:
+                raise fail("must be a non-empty string or null", "payload.parent_id")
+            for name in _ROOT_ONLY:
+                if getattr(p, name) is not None:
+                    raise fail("only the root carries this", f"payload.{name}")
+            if p.action is None:
+                raise fail("a non-root node carries the assistant message taken from its "
+                           "parent", "payload.action")
+            _check_action(p.action, "payload.action", fail)
+    elif isinstance(p, ActionExecuted):
+        if not p.node_id:
+            raise fail("must be a non-empty string", "payload.node_id")
+        for i, m in enumerate(p.observation):
+            _check_message(m, f"payload.observation[{i}]", fail)
+            if m["role"] == "tool" and not isinstance(m.get("tool_call_id"), str):
+                raise fail("a tool message needs a tool_call_id",
+                           f"payload.observation[{i}].tool_call_id")
+        if p.latency_ms is not None and not (math.isfinite(p.latency_ms) and p.latency_ms >= 0):
+            raise fail("must be a finite number >= 0", "payload.latency_ms")
+    elif isinstance(p, ScoreAssigned):
+        if not p.node_id:
+            raise fail("must be a non-empty string", "payload.node_id")
+        if not (math.isfinite(p.value) and 0.0 <= p.value <= 1.0):
+            raise fail(f"must be a finite number in [0, 1], got {p.value!r}", "payload.value")
+        if not p.source:
+            raise fail("must be a non-empty string", "payload.source")
+    elif not p.reason:
+        raise fail("must be a non-empty string", "payload.reason")
+
+
+def _check_message(m: Message, field: str,
+                   fail: Callable[[str, str | None], InvalidEvent]) -> None:
+    role = m.get("role")
+    if role not in _MESSAGE_ROLES:
+        raise fail(f"role must be one of {sorted(_MESSAGE_ROLES)}, got {role!r}", f"{field}.role")
+    if role == "assistant":
+        _check_action(m, field, fail)
+    elif not isinstance(m.get("content"), str | list):
+        raise fail("must be a string or a list of content parts", f"{field}.content")
+
+
+def _check_action(m: Message, field: str,
+                  fail: Callable[[str, str | None], InvalidEvent]) -> None:
+    if m.get("role") != "assistant":
+        raise fail(f"an action is an assistant message, got role {m.get('role')!r}",
+                   f"{field}.role")
+    content = m.get("content")
+    if content is not None and not isinstance(content, str | list):
+        raise fail("must be a string, a list of content parts or null", f"{field}.content")
+    calls = m.get("tool_calls")
+    if calls is None:
+        if content is None:
+            raise fail("an assistant message needs content or tool_calls", field)
+        return
+    if not isinstance(calls, list):
+        raise fail("must be a list", f"{field}.tool_calls")
+    for i, call in enumerate(calls):
+        where = f"{field}.tool_calls[{i}]"
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise fail("needs function.name", f"{where}.function.name")
+        # Arguments stay as the model wrote them: a malformed call is a fact worth keeping
+        # (it is what a rejected step often looks like), so only the type is checked.
+        if not isinstance(fn.get("arguments"), str):
+            raise fail("must be a JSON string, as OpenAI sends it", f"{where}.function.arguments")

@@ -1,0 +1,215 @@
+"""The event log interface and its in-memory backend.
+
+:class:`EventLog` is what every part of branchpoint stands on: idempotent, atomic appends
+and three reads (one tree, a listing of trees, everything after a ``seq``). Backends:
+
+- :class:`MemoryEventLog` here, for tests and short-lived tools;
+- :class:`branchpoint.store.sql.SqlEventLog` for a SQLite file (the default) or PostgreSQL.
+
+:func:`open_log` picks one from a URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+import msgspec
+
+from branchpoint.store.errors import TreeNotFound
+from branchpoint.store.events import Event, EventHead, NodeCreated, TreeClosed, digest, normalize
+from branchpoint.store.validation import Known, NodeFacts, check_batch, drop_duplicates, lookups
+
+__all__ = [
+    "AppendResult",
+    "EventLog",
+    "MemoryEventLog",
+    "TreeFilter",
+    "TreeSummary",
+    "open_log",
+]
+
+
+class AppendResult(msgspec.Struct, frozen=True):
+    """What an append did: how many events were stored, how many were already there."""
+
+    stored: int
+    duplicates: int
+    last_seq: int | None
+
+
+class TreeSummary(msgspec.Struct, frozen=True):
+    """One tree as listed: where it came from and whether it is finished."""
+
+    tree_id: str
+    env: str
+    task_id: str | int
+    origin: str | None
+    created_at: datetime
+    root_seq: int
+    closed: str | None = None  # the reason of the latest tree_closed, None while unfinished
+
+
+class TreeFilter(msgspec.Struct, frozen=True):
+    """Which trees to list; every field left None matches all."""
+
+    env: str | None = None
+    task_id: str | int | None = None
+    origin: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    finished: bool | None = None
+
+    def matches(self, t: TreeSummary) -> bool:
+        return (
+            (self.env is None or t.env == self.env)
+            and (self.task_id is None or str(t.task_id) == str(self.task_id))
+            and (self.origin is None or t.origin == self.origin)
+            and (self.since is None or t.created_at >= self.since)
+            and (self.until is None or t.created_at < self.until)
+            and (self.finished is None or (t.closed is not None) == self.finished)
+        )
+
+
+@runtime_checkable
+class EventLog(Protocol):
+    """An append-only log of events, shared by recorders, samplers and exporters."""
+
+    async def append(self, events: Sequence[Event], *,
+                     lines: Sequence[int] | None = None) -> AppendResult:
+        """Store a batch atomically: all of it, or none.
+
+        Events already stored with identical content are skipped. ``lines`` gives each
+        event's position in its source for error messages (default: 1-based index).
+
+        Raises:
+            InvalidEvent: the batch breaks a rule; nothing was stored.
+            ConflictingEvent: an ``event_id`` is stored with other content.
+            StoreUnavailable: the database cannot be reached.
+        """
+        ...
+
+    async def read_tree(self, tree_id: str) -> list[Event]:
+        """Every event of one tree, in ``seq`` order.
+
+        Raises:
+            TreeNotFound: no event of that tree is stored.
+        """
+        ...
+
+    async def read_heads(self, tree_id: str) -> list[EventHead]:
+        """The fold's view of one tree (no payloads), in ``seq`` order.
+
+        Raises:
+            TreeNotFound: no event of that tree is stored.
+        """
+        ...
+
+    async def read_after(self, seq: int = 0, *, limit: int = 1000) -> list[Event]:
+        """Up to ``limit`` events with ``seq`` greater than ``seq``, in order. A reader that
+        has seen ``seq`` N never later meets a new event at or below N."""
+        ...
+
+    async def list_trees(self, where: TreeFilter | None = None) -> list[TreeSummary]:
+        """Trees matching ``where``, oldest first."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; the log is unusable afterwards."""
+        ...
+
+
+async def iter_events(log: EventLog, after: int = 0, *, page: int = 1000
+                      ) -> AsyncIterator[Event]:
+    """Every event after ``after``, page by page, for catch-up readers."""
+    while True:
+        batch = await log.read_after(after, limit=page)
+        if not batch:
+            return
+        for ev in batch:
+            yield ev
+        after = batch[-1].seq or after
+
+
+class MemoryEventLog:
+    """The event log held in a Python list; same contract as the SQL backends."""
+
+    def __init__(self) -> None:
+        self._events: list[Event] = []
+        self._by_id: dict[str, str] = {}
+        self._by_tree: dict[str, list[Event]] = {}
+        self._facts: dict[tuple[str, str], NodeFacts] = {}
+        self._trees: dict[str, TreeSummary] = {}
+        self._lock = asyncio.Lock()
+
+    async def append(self, events: Sequence[Event], *,
+                     lines: Sequence[int] | None = None) -> AppendResult:
+        async with self._lock:
+            events = [normalize(e) for e in events]
+            fresh, fresh_lines = drop_duplicates(events, self._by_id, lines)
+            trees, keys = lookups(fresh)
+            known = Known(
+                roots=frozenset(t for t in trees if t in self._trees),
+                nodes={k: self._facts[k] for k in keys if k in self._facts},
+            )
+            check_batch(fresh, known, fresh_lines)
+            for ev in fresh:
+                self._store(ev)
+            last = self._events[-1].seq if self._events else None
+            return AppendResult(len(fresh), len(events) - len(fresh), last)
+
+    def _store(self, ev: Event) -> None:
+        ev = msgspec.structs.replace(ev, seq=len(self._events) + 1)
+        self._events.append(ev)
+        self._by_id[ev.event_id] = digest(ev)
+        self._by_tree.setdefault(ev.tree_id, []).append(ev)
+        p = ev.payload
+        if isinstance(p, NodeCreated):
+            self._facts[(ev.tree_id, p.node_id)] = NodeFacts(p.parent_id is None, False, None)
+            if p.parent_id is None:
+                task = p.task or {}
+                self._trees[ev.tree_id] = TreeSummary(
+                    ev.tree_id, task["env"], task["task_id"], p.origin, ev.recorded_at,
+                    ev.seq or 0)
+        elif ev.type == "action_executed":
+            key = (ev.tree_id, ev.payload.node_id)  # type: ignore[union-attr]
+            self._facts[key] = NodeFacts(False, True, ev.payload.done)  # type: ignore[union-attr]
+        elif isinstance(p, TreeClosed):
+            self._trees[ev.tree_id] = msgspec.structs.replace(self._trees[ev.tree_id],
+                                                              closed=p.reason)
+
+    async def read_tree(self, tree_id: str) -> list[Event]:
+        if tree_id not in self._by_tree:
+            raise TreeNotFound(f"no tree {tree_id!r} in the log")
+        return list(self._by_tree[tree_id])
+
+    async def read_heads(self, tree_id: str) -> list[EventHead]:
+        return [e.head() for e in await self.read_tree(tree_id)]
+
+    async def read_after(self, seq: int = 0, *, limit: int = 1000) -> list[Event]:
+        return self._events[max(seq, 0): max(seq, 0) + limit]
+
+    async def list_trees(self, where: TreeFilter | None = None) -> list[TreeSummary]:
+        where = where or TreeFilter()
+        return [t for t in self._trees.values() if where.matches(t)]
+
+    async def close(self) -> None:
+        return None
+
+
+async def open_log(url: str) -> EventLog:
+    """Open the log at ``url``: ``memory://``, ``sqlite:///relative.db``,
+    ``sqlite:////absolute.db`` or ``postgresql://user@host:port/db`` (driver suffixes such
+    as ``+asyncpg`` are accepted). Creates or migrates the schema.
+
+    Raises:
+        StoreUnavailable: the database cannot be opened or reached.
+        ValueError: the URL names no supported backend.
+    """
+    if url.startswith("memory:"):
+        return MemoryEventLog()
+    from branchpoint.store.sql import SqlEventLog
+
+    return await SqlEventLog.open(url)
