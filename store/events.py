@@ -203,14 +203,20 @@ _encoder = msgspec.json.Encoder(order="sorted")
 _AT_PATH = re.compile(r"^(.*) - at `\$\.?(.*)`$")
 
 
+_NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]+)`")
+
+
 def _located(exc: msgspec.ValidationError, prefix: str) -> tuple[str, str | None]:
+    """Split msgspec's "reason - at `$.path`" into the reason and a dotted field path,
+    naming the field itself when the reason is an unknown or missing one."""
     text = str(exc)
     m = _AT_PATH.match(text)
-    if not m:
-        return text, None
-    path = m.group(2)
-    field = f"{prefix}.{path}" if prefix and path else (prefix or path or None)
-    return m.group(1), field
+    reason, path = (m.group(1), m.group(2)) if m else (text, "")
+    named = _NAMED_FIELD.search(reason)
+    if named:
+        path = f"{path}.{named.group(1)}" if path else named.group(1)
+    parts = [p for p in (prefix, path) if p]
+    return reason, ".".join(parts).replace(".[", "[") or None
 
 
 def decode_event(data: bytes | str, *, line: int | None = None) -> Event:
