@@ -1,0 +1,185 @@
+"""``branchpoint export`` and ``branchpoint stats``: the data a store yields.
+
+Both are thin: parse options into :class:`~branchpoint.store.exports.ExportOptions`, run
+:func:`~branchpoint.store.exports.export_lines` or
+:func:`~branchpoint.store.exports.compute_stats`, write the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, BinaryIO
+
+import typer
+
+from branchpoint.cli.main import DbOption, fail
+from branchpoint.store.errors import BranchpointError
+from branchpoint.store.pairs import DEFAULT_MARGIN
+
+
+class Format(StrEnum):
+    dpo = "dpo"
+    steps = "steps"
+    sft = "sft"
+    trajectory_pairs = "trajectory-pairs"
+    stepwise = "stepwise"
+
+
+class ValueMode(StrEnum):
+    mean = "mean"
+    max = "max"
+
+
+class ToolArguments(StrEnum):
+    object = "object"
+    string = "string"
+
+
+EnvOption = Annotated[str | None, typer.Option("--env", help="Only trees of this environment.")]
+MarginOption = Annotated[float, typer.Option(
+    "--margin", min=0.0,
+    help="A pair needs the best child's value above the worst's by at least this.")]
+ValueOption = Annotated[ValueMode, typer.Option(
+    "--value", help="An inner node's value: the mean or the max of its children's.")]
+SourcesOption = Annotated[str | None, typer.Option(
+    "--sources", help="Comma-separated score sources a leaf's value may come from "
+    "(default: all; the most recent counts). Ignored with --judge-weight.")]
+JudgeWeightOption = Annotated[float | None, typer.Option(
+    "--judge-weight", min=0.0, max=1.0,
+    help="Leaf value = (1-W)*checker + W*judge, or whichever of the two exists.")]
+
+
+def _options(**kw: Any) -> Any:
+    from branchpoint.store.exports import ExportOptions
+
+    sources = kw.pop("sources")
+    if sources is not None:
+        names = tuple(s.strip() for s in sources.split(",") if s.strip())
+        if not names:
+            raise fail("--sources must name at least one source", 2)
+        kw["sources"] = names
+    return ExportOptions(**kw)
+
+
+async def _export(db: str, fmt: str, options: Any, out: BinaryIO) -> int:
+    from branchpoint.store.exports import export_lines
+    from branchpoint.store.log import open_log
+
+    log = await open_log(db)
+    count = 0
+    try:
+        async for line in export_lines(log, fmt, options):
+            out.write(line)
+            count += 1
+    finally:
+        await log.close()
+    return count
+
+
+async def _stats(db: str, options: Any) -> dict[str, Any]:
+    from branchpoint.store.exports import compute_stats
+    from branchpoint.store.log import open_log
+
+    log = await open_log(db)
+    try:
+        return await compute_stats(log, options)
+    finally:
+        await log.close()
+
+
+def _table(stats: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="branchpoint stats")
+    cols = ["trees", "nodes", "branching_points", "pairs", "tie", "under_margin", "identical"]
+    table.add_column("env")
+    for c in cols:
+        table.add_column(c.replace("_", " "), justify="right")
+
+    def row(name: str, s: dict[str, Any]) -> list[str]:
+        flat = {**s, **s["dropped"]}
+        return [name, *(str(flat[c]) for c in cols)]
+
+    for env, s in stats["by_env"].items():
+        table.add_row(*row(env, s))
+    table.add_row(*row("all", stats), style="bold")
+    Console().print(table)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def export(
+        fmt: Annotated[Format, typer.Argument(
+            metavar="FORMAT", help="dpo, steps, sft, trajectory-pairs or stepwise.")],
+        db: DbOption,
+        out: Annotated[Path | None, typer.Option(
+            "--out", help="Write to this file (default: stdout).")] = None,
+        env: EnvOption = None,
+        margin: MarginOption = DEFAULT_MARGIN,
+        value: ValueOption = ValueMode.mean,
+        sources: SourcesOption = None,
+        judge_weight: JudgeWeightOption = None,
+        min_score: Annotated[float, typer.Option(
+            "--min-score", help="sft: keep paths whose leaf value reaches this.")] = 1.0,
+        label_threshold: Annotated[float, typer.Option(
+            "--label-threshold",
+            help="stepwise: a step is labelled good when its value reaches this.")] = 0.5,
+        with_metadata: Annotated[bool, typer.Option(
+            "--with-metadata", help="dpo, trajectory-pairs: add tree, nodes, values, "
+            "margin.")] = False,
+        tool_arguments: Annotated[ToolArguments, typer.Option(
+            "--tool-arguments", help="Tool-call arguments as JSON objects (what chat "
+            "templates expect) or as the strings the model sent.")] = ToolArguments.object,
+    ) -> None:
+        """Export training data as JSON Lines, one example per line, in a deterministic
+        order. Every tree counts, finished or not."""
+        options = _options(env=env, margin=margin, value=value.value, sources=sources,
+                           judge_weight=judge_weight, min_score=min_score,
+                           label_threshold=label_threshold, with_metadata=with_metadata,
+                           tool_arguments=tool_arguments.value)
+        try:
+            if out is None:
+                count = asyncio.run(_export(db, fmt.value, options, sys.stdout.buffer))
+                sys.stdout.buffer.flush()
+            else:
+                # Written beside the target and renamed at the end, so a failed export
+                # never leaves a half file where a good one is expected.
+                tmp = out.with_name(f".{out.name}.partial")
+                try:
+                    with tmp.open("wb") as fh:
+                        count = asyncio.run(_export(db, fmt.value, options, fh))
+                    os.replace(tmp, out)
+                finally:
+                    tmp.unlink(missing_ok=True)
+        except (BranchpointError, ValueError, OSError) as exc:
+            raise fail(str(exc)) from None
+        typer.echo(f"exported {count} {fmt.value} rows", err=True)
+
+    @app.command()
+    def stats(
+        db: DbOption,
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+        env: EnvOption = None,
+        margin: MarginOption = DEFAULT_MARGIN,
+        value: ValueOption = ValueMode.mean,
+        sources: SourcesOption = None,
+        judge_weight: JudgeWeightOption = None,
+    ) -> None:
+        """Count trees, nodes, branching points, pairs and the points dropped (tie,
+        under margin, identical actions), in all and per environment."""
+        options = _options(env=env, margin=margin, value=value.value, sources=sources,
+                           judge_weight=judge_weight)
+        try:
+            result = asyncio.run(_stats(db, options))
+        except (BranchpointError, ValueError, OSError) as exc:
+            raise fail(str(exc)) from None
+        if as_json:
+            typer.echo(json.dumps(result))
+        else:
+            _table(result)
