@@ -7,14 +7,21 @@ deterministic given the task and the actions taken. It speaks OpenAI's message f
 - :meth:`Environment.step` takes one assistant message (tool calls, or plain text in the
   environment's text syntax) and returns the observation messages and ``done``;
 - :meth:`Environment.check` scores the state with partial credit from named, weighted
-  sub-goals.
+  sub-goals;
+- :meth:`Environment.expert` returns a scripted expert (see :mod:`branchpoint.sampler.expert`).
 
-A malformed action never raises: it costs a step and the observation says what was wrong.
+A malformed action never raises: it costs a step and the observation says what was wrong,
+as a real tool server would. :func:`parse_action` turns any assistant message into
+:class:`ToolCall` s, each either valid against its tool's JSON schema or carrying the exact
+error text; :func:`reply` answers one call (a ``tool`` message with its ``tool_call_id``
+for a tool call, a ``user`` message for a text action). :class:`ToolEnvironment` puts these
+together with a step budget (``max_steps``) so that an environment only writes its tools.
 
 The text syntax shared by the built-ins is one command per message, ``TOOL ARG ARG ...``:
 arguments fill the tool's parameters in schema order, separated by spaces, and the last
-string parameter takes the rest of the line (so ``write notes.txt hello world`` works).
-Arguments may be quoted with double quotes.
+string parameter takes the rest of the message verbatim (so ``write notes.txt hello world``
+works). An argument may be quoted as a JSON string (``mv "a b.txt" c.txt``,
+``write a.txt "line 1\\nline 2"``); :func:`tool_call_to_text` writes that form back.
 
 Splits: :func:`split_of` assigns every non-negative task id to ``train``, ``validation``
 or ``heldout`` by a hash of the id (10% held out, 10% validation, 80% train), so every
@@ -25,34 +32,55 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shlex
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import msgspec
+
+if TYPE_CHECKING:
+    from branchpoint.sampler.expert import Expert
 
 __all__ = [
     "SPLITS",
     "Check",
     "Environment",
+    "Message",
+    "Outcome",
     "Reset",
     "StepResult",
     "SubGoal",
+    "ToolCall",
+    "ToolEnvironment",
+    "argument_error",
+    "assistant_message",
+    "function_tool",
+    "parse_action",
     "parse_text_action",
+    "reply",
+    "score_of",
     "split_of",
     "tasks_in_split",
+    "text_of",
     "tool_call_to_text",
+    "tool_message",
+    "usage",
+    "user_message",
 ]
 
 Split = Literal["train", "validation", "heldout"]
 SPLITS: tuple[Split, ...] = ("train", "validation", "heldout")
 Message = dict[str, Any]
+ForkMode = Literal["snapshot", "sandbox", "replay"]
 
 
 def split_of(task_id: int) -> Split:
     """The split of a task id: the first byte of SHA-256 of its decimal form, mod 10:
-    0 is ``heldout``, 1 is ``validation``, anything else ``train``."""
+    0 is ``heldout``, 1 is ``validation``, anything else ``train``.
+
+    Raises:
+        ValueError: for a negative id.
+    """
     if task_id < 0:
         raise ValueError(f"task ids are non-negative integers, got {task_id}")
     bucket = hashlib.sha256(str(task_id).encode()).digest()[0] % 10
@@ -99,15 +127,30 @@ class Check(msgspec.Struct, frozen=True):
     subgoals: list[SubGoal]
 
 
+def score_of(subgoals: Sequence[SubGoal]) -> Check:
+    """The plain check: the weighted share of sub-goals met; success when all are met."""
+    total = sum(g.weight for g in subgoals)
+    met = sum(g.weight for g in subgoals if g.met)
+    score = met / total if total > 0 else 0.0
+    return Check(score=round(score, 6), success=all(g.met for g in subgoals),
+                 subgoals=list(subgoals))
+
+
 class Environment(ABC):
-    """One task of one environment. Subclasses set ``name`` and ``description``."""
+    """One task of one environment. Subclasses set ``name`` and ``description``.
+
+    ``fork_mode`` names the way :func:`branchpoint.sampler.fork.fork` copies this
+    environment by default: ``snapshot`` (state in memory), ``sandbox`` (a real directory
+    or database per branch) or ``replay`` (re-run the actions in a fresh environment).
+    """
 
     name: ClassVar[str]
     description: ClassVar[str]
+    fork_mode: ClassVar[ForkMode] = "snapshot"
 
     def __init__(self, task_id: int, **options: Any) -> None:
-        if task_id < 0:
-            raise ValueError(f"task ids are non-negative integers, got {task_id}")
+        if isinstance(task_id, bool) or not isinstance(task_id, int) or task_id < 0:
+            raise ValueError(f"task ids are non-negative integers, got {task_id!r}")
         self.task_id = task_id
         self.options = options
 
@@ -136,15 +179,436 @@ class Environment(ABC):
     def restore(self, snap: Any) -> None:
         """Return to a state taken by :meth:`snapshot`; the snapshot stays reusable."""
 
+    def fork(self) -> Environment:
+        """An independent copy of this environment in its current state.
+
+        The default builds a fresh environment of the same task, resets it and restores a
+        snapshot of this one; environments with cheaper or sandboxed copies override it.
+        """
+        child = type(self)(self.task_id, **self.options)
+        child.reset()
+        child.restore(self.snapshot())
+        return child
+
+    def expert(self, mistakes: float = 0.0, seed: int | str | None = None) -> Expert:
+        """A scripted expert for this task (see :class:`branchpoint.sampler.expert.Expert`):
+        it solves the task when ``mistakes`` is 0 and otherwise takes a plausible, valid
+        but wrong action with probability ``mistakes``, drawn from ``seed`` (default: the
+        task id).
+
+        Raises:
+            NotImplementedError: the environment has no expert.
+        """
+        raise NotImplementedError(f"environment {self.name!r} has no scripted expert")
+
     def close(self) -> None:  # noqa: B027 - optional hook, most environments hold nothing
         """Release what the environment holds (sandboxes, connections)."""
+
+    def __enter__(self) -> Environment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- tool schemas and argument validation ---------------------------------------------------
+
+
+def function_tool(name: str, description: str, params: dict[str, dict[str, Any]] | None = None,
+                  required: Sequence[str] | None = None) -> dict[str, Any]:
+    """An OpenAI function-tool schema. ``params`` maps parameter names (in text-syntax
+    order) to JSON schemas; every parameter is required unless ``required`` says which."""
+    params = params or {}
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": description,
+            "parameters": {
+                "type": "object",
+                "properties": params,
+                "required": list(params if required is None else required),
+                "additionalProperties": False,
+            },
+        },
+    }
+
+
+def _fn(tool: dict[str, Any]) -> dict[str, Any]:
+    """The ``function`` part of a tool schema (accepts either form)."""
+    fn = tool.get("function", tool)
+    return fn if isinstance(fn, dict) else {}
+
+
+_JSON_TYPES: dict[str, str] = {
+    "string": "a string", "integer": "an integer", "number": "a number",
+    "boolean": "a boolean", "array": "an array", "object": "an object", "null": "null",
+}
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object" if isinstance(value, dict) else type(value).__name__
+
+
+def _fits(value: Any, kind: str) -> bool:
+    actual = _type_name(value)
+    if kind == "number":
+        return actual in ("integer", "number")
+    return actual == kind
+
+
+def _value_error(value: Any, schema: dict[str, Any], where: str) -> str | None:
+    kind = schema.get("type")
+    kinds = [kind] if isinstance(kind, str) else list(kind or [])
+    if kinds and not any(_fits(value, k) for k in kinds):
+        want = " or ".join(_JSON_TYPES.get(k, k) for k in kinds)
+        return f"{where} must be {want}, got {_type_name(value)}"
+    if "enum" in schema and value not in schema["enum"]:
+        options = ", ".join(json.dumps(v) for v in schema["enum"])
+        return f"{where} must be one of {options}, got {json.dumps(value)}"
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            err = _value_error(item, schema["items"], f"{where}[{i}]")
+            if err:
+                return err
+    if isinstance(value, dict) and "properties" in schema:
+        return _object_error(value, schema, where)
+    return None
+
+
+def _object_error(args: dict[str, Any], schema: dict[str, Any], where: str) -> str | None:
+    props: dict[str, Any] = schema.get("properties", {})
+    for pname in schema.get("required", []):
+        if pname not in args:
+            return f"missing required argument {pname!r}" + (f" in {where}" if where else "")
+    if schema.get("additionalProperties", False) is False:
+        for pname in args:
+            if pname not in props:
+                known = ", ".join(props) or "none"
+                return f"unknown argument {pname!r} (arguments: {known})"
+    for pname, value in args.items():
+        if pname in props:
+            err = _value_error(value, props[pname], f"argument {pname!r}")
+            if err:
+                return err
+    return None
+
+
+def argument_error(tool: dict[str, Any], arguments: Any) -> str | None:
+    """What is wrong with ``arguments`` for ``tool`` (an OpenAI tool schema or its
+    ``function`` part), or None when they fit: required parameters present, no parameter
+    the schema does not name (unless ``additionalProperties`` allows it), each value of its
+    JSON type (an integer is a number; a boolean is neither) and in its ``enum``.
+
+    The text is what the agent is shown, prefixed with the tool's name, e.g.
+    ``mv: missing required argument 'dst'``.
+    """
+    fn = _fn(tool)
+    name = fn.get("name", "?")
+    if not isinstance(arguments, dict):
+        return f"{name}: arguments must be a JSON object, got {_type_name(arguments)}"
+    schema = fn.get("parameters") or {"type": "object", "properties": {}}
+    err = _object_error(arguments, schema, "")
+    return f"{name}: {err}" if err else None
+
+
+def usage(tool: dict[str, Any]) -> str:
+    """The text-syntax usage line of a tool: ``mv SRC DST``, optional ones in brackets."""
+    fn = _fn(tool)
+    params = fn.get("parameters", {})
+    required = set(params.get("required", []))
+    words = [fn.get("name", "?")]
+    for pname in params.get("properties", {}):
+        words.append(pname.upper() if pname in required else f"[{pname.upper()}]")
+    return " ".join(words)
+
+
+# --- actions: parsing any assistant message into calls --------------------------------------
+
+
+class ToolCall(msgspec.Struct, frozen=True):
+    """One call read from an assistant message.
+
+    ``call_id`` is the ``tool_call_id`` to answer with, or None for a text action (answered
+    by a user message). ``error`` is None for a call whose tool exists and whose arguments
+    fit its schema; otherwise it is the text to show the agent and ``name`` / ``arguments``
+    hold what could be read.
+    """
+
+    name: str
+    arguments: dict[str, Any]
+    call_id: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def text_of(content: Any) -> str | None:
+    """The text of a message's content: a string, or the text parts of a list joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [p.get("text") for p in content if isinstance(p, dict)]
+        if all(isinstance(p, str) for p in parts) and parts:
+            return "".join(p for p in parts if isinstance(p, str))
+    return None
+
+
+def _tool_index(tools: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {_fn(t).get("name", ""): t for t in tools}
+
+
+def _unknown_tool(name: str, tools: Sequence[dict[str, Any]]) -> str:
+    names = ", ".join(_fn(t).get("name", "?") for t in tools)
+    return f"unknown tool {name!r}; tools: {names}"
+
+
+def parse_action(action: Any, tools: Sequence[dict[str, Any]]) -> list[ToolCall]:
+    """Read an assistant message into the calls it makes; never raises.
+
+    Tool calls (OpenAI form, ``function.arguments`` a JSON string; an empty string counts as
+    ``{}``) are used when present and any content beside them is the model's thinking.
+    Otherwise the content is one command in the text syntax. A message that is neither
+    gives one call with an error and no ``call_id``. A tool call without an ``id`` is
+    answered with ``call_N`` (N its position in the message).
+    """
+    if not isinstance(action, dict) or action.get("role") != "assistant":
+        role = action.get("role") if isinstance(action, dict) else None
+        return [ToolCall("", {}, None, f"an action is an assistant message, got role {role!r}")]
+    calls = action.get("tool_calls")
+    if calls:
+        if not isinstance(calls, list):
+            return [ToolCall("", {}, None, "tool_calls must be a list")]
+        return [_parse_tool_call(c, i, tools) for i, c in enumerate(calls)]
+    text = text_of(action.get("content"))
+    if text is None:
+        return [ToolCall("", {}, None, "empty action: call a tool or write one command")]
+    try:
+        name, args = parse_text_action(text, tools)
+    except ValueError as exc:
+        return [ToolCall(text.strip().partition(" ")[0], {}, None, str(exc))]
+    err = argument_error(_tool_index(tools)[name], args)
+    if err:
+        err = f"{err} (usage: {usage(_tool_index(tools)[name])})"
+    return [ToolCall(name, args, None, err)]
+
+
+def _parse_tool_call(call: Any, i: int, tools: Sequence[dict[str, Any]]) -> ToolCall:
+    call_id = call.get("id") if isinstance(call, dict) else None
+    if not isinstance(call_id, str) or not call_id:
+        call_id = f"call_{i}"
+    fn = call.get("function") if isinstance(call, dict) else None
+    name = fn.get("name") if isinstance(fn, dict) else None
+    if not isinstance(fn, dict) or not isinstance(name, str):
+        return ToolCall("", {}, call_id, "a tool call needs function.name")
+    tool = _tool_index(tools).get(name)
+    if tool is None:
+        return ToolCall(name, {}, call_id, _unknown_tool(name, tools))
+    raw = fn.get("arguments", "")
+    if isinstance(raw, dict):
+        args: Any = raw
+    elif isinstance(raw, str):
+        if not raw.strip():
+            args = {}
+        else:
+            try:
+                args = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                return ToolCall(name, {}, call_id,
+                                f"{name}: arguments are not valid JSON ({exc.msg} at "
+                                f"position {exc.pos})")
+    else:
+        return ToolCall(name, {}, call_id, f"{name}: arguments must be a JSON string")
+    err = argument_error(tool, args)
+    return ToolCall(name, args if isinstance(args, dict) else {}, call_id, err)
+
+
+# --- observations ---------------------------------------------------------------------------
+
+
+def tool_message(call_id: str, content: str) -> Message:
+    """The answer to a tool call."""
+    return {"role": "tool", "tool_call_id": call_id, "content": content}
+
+
+def user_message(content: str) -> Message:
+    """The answer to a text action (or a note from the environment)."""
+    return {"role": "user", "content": content}
+
+
+def reply(call: ToolCall, content: str) -> Message:
+    """The observation message answering ``call``: a tool message for a tool call, a user
+    message for a text action."""
+    if call.call_id is None:
+        return user_message(content)
+    return tool_message(call.call_id, content)
+
+
+def assistant_message(name: str, arguments: dict[str, Any], *, call_id: str = "call_0",
+                      text: bool = False, tools: Sequence[dict[str, Any]] = ()) -> Message:
+    """An assistant message calling ``name``: an OpenAI tool call (``arguments`` encoded as
+    a JSON string), or with ``text=True`` one command in the text syntax (``tools`` then
+    gives the parameter order, so optional arguments left out still parse back)."""
+    if text:
+        tool = _tool_index(tools).get(name)
+        if tool is not None:
+            order = list(_fn(tool).get("parameters", {}).get("properties", {}))
+            arguments = {k: arguments[k] for k in order if k in arguments}
+        return {"role": "assistant", "content": tool_call_to_text(name, arguments)}
+    return {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"id": call_id, "type": "function",
+                        "function": {"name": name, "arguments": json.dumps(arguments)}}],
+    }
+
+
+# --- a base that does the bookkeeping -------------------------------------------------------
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    """What one valid tool call did: the text to show, and whether it ended the episode."""
+
+    content: str
+    done: bool = False
+
+
+class ToolEnvironment(Environment):
+    """An environment made of tools: subclasses give the tools, the opening messages and
+    what each valid call does; this class parses actions, answers malformed ones, counts
+    steps and ends the episode after ``max_steps`` (a class default, overridable with the
+    ``max_steps`` option).
+
+    Subclasses implement :meth:`_start` (build the task state, return the opening
+    messages), :meth:`_call` (run one valid call), :meth:`_save` / :meth:`_load` (copy the
+    task state for snapshots) and :meth:`check`; :attr:`tools` is the list of schemas.
+    :attr:`history` holds each ``(action, StepResult)`` since the last reset, which is what
+    a replay fork re-runs.
+    """
+
+    max_steps: int = 30
+    tools: list[dict[str, Any]]
+
+    def __init__(self, task_id: int, **options: Any) -> None:
+        super().__init__(task_id, **options)
+        limit = options.get("max_steps", type(self).max_steps)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"max_steps must be a positive integer, got {limit!r}")
+        self.max_steps = limit
+        self.steps = 0
+        self.done = False
+        self.history: list[tuple[Message, StepResult]] = []
+
+    @abstractmethod
+    def _start(self) -> list[Message]:
+        """Build the task's initial state; return the opening messages."""
+
+    @abstractmethod
+    def _call(self, name: str, arguments: dict[str, Any]) -> Outcome:
+        """Run one call whose tool exists and whose arguments fit its schema. Errors the
+        agent made (a missing file, a refused change) are an Outcome whose content says
+        so, never an exception."""
+
+    @abstractmethod
+    def _save(self) -> Any:
+        """An independent copy of the task state (not the step count or history)."""
+
+    @abstractmethod
+    def _load(self, state: Any) -> None:
+        """Return the task state to one taken by :meth:`_save` (which stays reusable)."""
+
+    def reset(self) -> Reset:
+        self.steps = 0
+        self.done = False
+        self.history = []
+        return Reset(messages=self._start(), tools=self.tools)
+
+    def step(self, action: Message) -> StepResult:
+        calls = parse_action(action, self.tools)
+        observation: list[Message] = []
+        if self.done:
+            observation = [reply(c, "error: the episode is over") for c in calls]
+            return StepResult(observation, True)
+        self.steps += 1
+        for call in calls:
+            if self.done:
+                observation.append(reply(call, "error: the episode is over"))
+            elif call.error is not None:
+                observation.append(reply(call, f"error: {call.error}"))
+            else:
+                outcome = self._call(call.name, call.arguments)
+                observation.append(reply(call, outcome.content))
+                self.done = self.done or outcome.done
+        if not self.done and self.steps >= self.max_steps:
+            self.done = True
+            observation.append(user_message(
+                f"step limit reached ({self.max_steps} steps): the episode is over"))
+        result = StepResult(observation, self.done)
+        self.history.append((action, result))
+        return result
+
+    def snapshot(self) -> Any:
+        return (self.steps, self.done, list(self.history), self._save())
+
+    def restore(self, snap: Any) -> None:
+        steps, done, history, state = snap
+        self.steps, self.done, self.history = steps, done, list(history)
+        self._load(state)
 
 
 # --- the text syntax ------------------------------------------------------------------------
 
 
+def _token(text: str, i: int) -> tuple[str, int]:
+    """Read one argument starting at ``text[i]`` (not whitespace); return it and the index
+    after it. A token starting with ``"`` is a JSON string."""
+    if text[i] == '"':
+        j = i + 1
+        while j < len(text):
+            if text[j] == "\\":
+                j += 2
+                continue
+            if text[j] == '"':
+                break
+            j += 1
+        if j >= len(text):
+            raise ValueError("unclosed quote")
+        try:
+            value = json.loads(text[i:j + 1])
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"bad quoted argument ({exc.msg})") from None
+        return str(value), j + 1
+    j = i
+    while j < len(text) and not text[j].isspace():
+        j += 1
+    return text[i:j], j
+
+
+def _skip_space(text: str, i: int) -> int:
+    while i < len(text) and text[i].isspace():
+        i += 1
+    return i
+
+
 def parse_text_action(text: str, tools: Sequence[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     """Parse ``TOOL ARG ...`` into a tool name and arguments per that tool's schema.
+
+    Integer, number and boolean parameters are converted where the word allows; anything
+    else is left for :func:`argument_error` to report.
 
     Raises:
         ValueError: with a message fit to show the agent as an observation.
@@ -152,70 +616,84 @@ def parse_text_action(text: str, tools: Sequence[dict[str, Any]]) -> tuple[str, 
     text = text.strip()
     if not text:
         raise ValueError("empty action: write one command, e.g. " + _example(tools))
-    head, _, rest = text.partition(" ")
-    schema = next((t["function"] for t in tools if t["function"]["name"] == head), None)
-    if schema is None:
-        names = ", ".join(t["function"]["name"] for t in tools)
-        raise ValueError(f"unknown command {head!r}; commands: {names}")
-    props: dict[str, Any] = schema.get("parameters", {}).get("properties", {})
+    head = text.split(None, 1)[0]
+    i = len(head)
+    tool = _tool_index(tools).get(head)
+    if tool is None:
+        raise ValueError(_unknown_tool(head, tools))
+    props: dict[str, Any] = _fn(tool).get("parameters", {}).get("properties", {})
     names = list(props)
-    rest = rest.strip()
+    i = _skip_space(text, i)
     if not names:
-        if rest:
-            raise ValueError(f"{head} takes no arguments")
+        if i < len(text):
+            raise ValueError(f"{head} takes no arguments (usage: {usage(tool)})")
         return head, {}
     args: dict[str, Any] = {}
-    try:
-        words = shlex.split(rest) if rest else []
-    except ValueError as exc:
-        raise ValueError(f"cannot parse arguments of {head}: {exc}") from None
-    for i, pname in enumerate(names):
-        if i >= len(words):
+    for k, pname in enumerate(names):
+        if i >= len(text):
             break
-        if i == len(names) - 1 and props[pname].get("type", "string") == "string":
-            # The last string parameter takes the rest of the line verbatim.
-            tail = rest
-            for _ in range(i):
-                tail = tail.split(None, 1)[1] if " " in tail.strip() else ""
-            value: Any = _unquote(tail.strip())
-        else:
-            value = words[i]
-        args[pname] = _coerce(value, props[pname])
-    if len(words) > len(names) and props[names[-1]].get("type", "string") != "string":
-        raise ValueError(f"{head} takes at most {len(names)} arguments")
+        last = k == len(names) - 1
+        if last and props[pname].get("type", "string") == "string":
+            rest = text[i:]
+            # The last string parameter takes the rest verbatim, unless it is one quoted
+            # string (which is how values with newlines or edge spaces are written).
+            if rest.startswith('"'):
+                try:
+                    value, end = _token(rest, 0)
+                except ValueError:
+                    value, end = rest, len(rest)
+                if _skip_space(rest, end) < len(rest):
+                    value = rest
+            else:
+                value = rest
+            args[pname] = value
+            i = len(text)
+            break
+        try:
+            word, i = _token(text, i)
+        except ValueError as exc:
+            raise ValueError(f"cannot parse arguments of {head}: {exc}") from None
+        args[pname] = _coerce(word, props[pname])
+        i = _skip_space(text, i)
+    if i < len(text):
+        raise ValueError(f"{head} takes at most {len(names)} arguments (usage: {usage(tool)})")
     return head, args
 
 
-def _unquote(s: str) -> str:
-    if len(s) >= 2 and s[0] == s[-1] == '"':
-        try:
-            return str(shlex.split(s)[0])
-        except ValueError:
-            return s
-    return s
-
-
-def _coerce(value: Any, schema: dict[str, Any]) -> Any:
+def _coerce(value: str, schema: dict[str, Any]) -> Any:
     kind = schema.get("type", "string")
-    if kind == "integer":
-        try:
+    try:
+        if kind == "integer":
             return int(value)
-        except ValueError:
-            return value  # left for the schema check to report
+        if kind == "number":
+            return float(value)
+    except ValueError:
+        return value  # left for the schema check to report
+    if kind == "boolean" and value in ("true", "false"):
+        return value == "true"
     return value
 
 
 def _example(tools: Sequence[dict[str, Any]]) -> str:
-    return tools[0]["function"]["name"] if tools else "submit"
+    return usage(tools[0]) if tools else "submit"
+
+
+def _needs_quotes(s: str, last: bool) -> bool:
+    if not s:
+        return True
+    if last:
+        return s[0] == '"' or s != s.strip() or "\n" in s or "\r" in s
+    return any(c.isspace() or c in '"\\' for c in s)
 
 
 def tool_call_to_text(name: str, arguments: dict[str, Any]) -> str:
-    """The text-syntax line for a tool call (inverse of :func:`parse_text_action`)."""
+    """The text-syntax line for a tool call (inverse of :func:`parse_text_action` when the
+    arguments are given in the schema's parameter order)."""
     parts = [name]
     values = list(arguments.values())
     for i, v in enumerate(values):
-        s = str(v)
-        if i < len(values) - 1 and (not s or any(c.isspace() or c == '"' for c in s)):
+        s = v if isinstance(v, str) else json.dumps(v)
+        if _needs_quotes(s, i == len(values) - 1):
             s = json.dumps(s)
         parts.append(s)
     return " ".join(parts)

@@ -1,0 +1,119 @@
+"""Scripted experts: policies that solve an environment's tasks from the conversation alone.
+
+How an expert receives the conversation: :meth:`Expert.act` takes the whole message list
+so far (the opening messages from ``reset`` followed by every assistant message and its
+observation messages, exactly as a model would see them) and returns the next assistant
+message. It keeps no state between calls: the action is a pure function of the messages,
+the mistake rate and the seed, so an expert can continue any prefix (its own, a model's,
+a recorded production trajectory) and a forked branch can be continued by an expert with
+another seed.
+
+It acts only on what the messages show: it reads the task from the opening messages and
+what it learnt from the observations of earlier calls (:func:`read_turns`), never the
+environment's hidden state.
+
+Mistakes: at each turn the expert draws from ``random.Random(f"{seed}/{turn}")`` (``turn``
+is the number of assistant messages so far); with probability ``mistakes`` it takes a
+plausible, valid but wrong action that the environment's expert defines. ``seed`` defaults
+to the task id, so each task has its own draw; another seed is another draw.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+from branchpoint.sampler.envs.base import (
+    Message,
+    ToolCall,
+    assistant_message,
+    parse_action,
+    text_of,
+)
+
+__all__ = ["Expert", "Turn", "read_turns"]
+
+
+class Turn(msgspec.Struct, frozen=True):
+    """One call the agent made and what the environment answered (``None`` when the
+    conversation holds no answer to it)."""
+
+    call: ToolCall
+    output: str | None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the call ran without an error (a valid call whose output does not start
+        with ``error``)."""
+        return self.call.ok and self.output is not None and not self.output.startswith("error")
+
+
+def read_turns(messages: Sequence[Message],
+               tools: Sequence[dict[str, Any]]) -> tuple[list[Message], list[Turn]]:
+    """Split a conversation into its opening messages (before the first assistant message)
+    and the calls made since, each paired with its answer: the tool message with the
+    call's ``tool_call_id``, or for a text action the user message that follows it."""
+    first = next((i for i, m in enumerate(messages) if m.get("role") == "assistant"),
+                 len(messages))
+    opening = list(messages[:first])
+    turns: list[Turn] = []
+    i = first
+    while i < len(messages):
+        msg = messages[i]
+        i += 1
+        if msg.get("role") != "assistant":
+            continue
+        answers: list[Message] = []
+        while i < len(messages) and messages[i].get("role") != "assistant":
+            answers.append(messages[i])
+            i += 1
+        by_id = {m.get("tool_call_id"): m for m in answers if m.get("role") == "tool"}
+        users = [m for m in answers if m.get("role") == "user"]
+        for call in parse_action(msg, tools):
+            if call.call_id is not None:
+                answer = by_id.get(call.call_id)
+            else:
+                answer = users[0] if users else None
+            turns.append(Turn(call, text_of(answer.get("content")) if answer else None))
+    return opening, turns
+
+
+class Expert(ABC):
+    """A scripted policy for one task. Subclasses implement :meth:`choose`.
+
+    ``text=True`` makes it answer in the environment's text syntax instead of tool calls.
+    """
+
+    def __init__(self, tools: Sequence[dict[str, Any]], *, mistakes: float = 0.0,
+                 seed: int | str = 0, text: bool = False) -> None:
+        if not 0.0 <= mistakes <= 1.0:
+            raise ValueError(f"mistakes is a probability in [0, 1], got {mistakes}")
+        self.tools = list(tools)
+        self.mistakes = mistakes
+        self.seed = seed
+        self.text = text
+
+    def act(self, messages: Sequence[Message]) -> Message:
+        """The next assistant message for the conversation ``messages``."""
+        turn = sum(1 for m in messages if m.get("role") == "assistant")
+        rng = random.Random(f"{self.seed}/{turn}")
+        wrong = rng.random() < self.mistakes
+        opening, turns = read_turns(messages, self.tools)
+        name, args = self.choose(opening, turns, rng, wrong)
+        return assistant_message(name, args, call_id=f"call_{turn}", text=self.text,
+                                 tools=self.tools)
+
+    @abstractmethod
+    def choose(self, opening: list[Message], turns: list[Turn], rng: random.Random,
+               wrong: bool) -> tuple[str, dict[str, Any]]:
+        """The next call ``(tool name, arguments)``: the right one, or when ``wrong`` a
+        plausible, valid but wrong one drawn with ``rng``."""
+
+    @staticmethod
+    def failed_before(turns: Sequence[Turn], name: str, arguments: dict[str, Any]) -> bool:
+        """Whether exactly this call was made before and failed (so retrying is useless)."""
+        return any(t.call.name == name and t.call.arguments == arguments and not t.ok
+                   for t in turns)
