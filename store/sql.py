@@ -1,0 +1,446 @@
+"""The event log in SQL: a SQLite file (the default) or PostgreSQL, through SQLAlchemy async.
+
+One class, :class:`SqlEventLog`, for both databases. The append algorithm and the SQLite
+statements live in :mod:`branchpoint.store.sqlbase`, shared with the stdlib-only
+:mod:`branchpoint.store.sqlite3_writer`; this module adds the engines, the PostgreSQL
+statements, the reads, migrations on open, and the translation of driver errors.
+
+Concurrency:
+
+- SQLite: every append transaction starts with ``BEGIN IMMEDIATE`` (SQLAlchemy's
+  documented aiosqlite recipe: disable the driver's own BEGIN, emit ours from the
+  ``begin`` event), so concurrent writers, in this process or others, wait in SQLite's
+  busy handler instead of failing with "database is locked". WAL lets readers go on.
+- PostgreSQL: an append takes ``LOCK TABLE events IN EXCLUSIVE MODE`` first (readers are
+  not blocked). Writers are serialized, so ``seq`` values are assigned in commit order and
+  a reader that has seen ``seq`` N never later meets a new event at or below N.
+
+Errors: driver errors never leave this module. A database that cannot be reached, opened
+or understood raises :class:`StoreUnavailable`; a unique index that fires despite the
+validation (a writer racing us without taking the lock) retries the batch once and then
+raises :class:`InvalidEvent` naming the colliding event.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, TypeVar
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from branchpoint.store import sqlbase
+from branchpoint.store.errors import InvalidEvent, StoreUnavailable, TreeNotFound
+from branchpoint.store.events import Event, EventHead, normalize
+from branchpoint.store.log import AppendResult, TreeFilter, TreeSummary
+from branchpoint.store.sqlbase import (
+    EVENT_COLUMNS,
+    EVENT_SELECT,
+    HEAD_SELECT,
+    SCHEMA_VERSION,
+    TREE_COLUMNS,
+    Executor,
+    SqliteStatements,
+    Statements,
+    append_batch,
+    event_from_row,
+    head_from_row,
+    summary_from_row,
+    utc_text,
+)
+
+__all__ = ["SqlEventLog"]
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_S: Final = 60.0
+_WRITE: Final = "branchpoint_write"  # execution option: this transaction appends
+_PG_MIGRATION_LOCK: Final = 0x62706D67  # pg_advisory_xact_lock key serializing migrations
+
+
+class _SaExecutor:
+    """:class:`branchpoint.store.sqlbase.Executor` over a SQLAlchemy (sync) connection;
+    used inside ``AsyncConnection.run_sync``."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        return list(self._conn.exec_driver_sql(sql, tuple(params)).fetchall())
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._conn.exec_driver_sql(sql, tuple(params))
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._conn.exec_driver_sql(sql, list(rows))  # type: ignore[arg-type]
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------
+
+_PG_TABLES: Final = [
+    """CREATE TABLE IF NOT EXISTS schema_version (
+        version INTEGER PRIMARY KEY,
+        applied_at TIMESTAMPTZ NOT NULL DEFAULT now())""",
+    """CREATE TABLE IF NOT EXISTS events (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        event_id TEXT NOT NULL UNIQUE,
+        tree_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        recorded_at TEXT NOT NULL,
+        node_id TEXT,
+        parent_id TEXT,
+        done SMALLINT,
+        value DOUBLE PRECISION,
+        source TEXT,
+        reason TEXT,
+        digest TEXT,
+        payload TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS trees (
+        tree_id TEXT PRIMARY KEY,
+        env TEXT NOT NULL,
+        task_id TEXT NOT NULL,
+        task_id_is_int SMALLINT NOT NULL,
+        origin TEXT,
+        created_at TEXT NOT NULL,
+        root_seq BIGINT NOT NULL)""",
+]
+_PG_CLOSED: Final = ("(SELECT COALESCE(c.reason, c.payload::json->>'reason') "
+                     "FROM events c WHERE c.type = 'tree_closed' AND c.tree_id = t.tree_id "
+                     "ORDER BY c.seq DESC LIMIT 1)")
+_PG_BACKFILL_TREES: Final = (
+    f"INSERT INTO trees ({', '.join(TREE_COLUMNS)}, root_seq) "
+    "SELECT tree_id, payload::json#>>'{task,env}', payload::json#>>'{task,task_id}', "
+    "(json_typeof(payload::json#>'{task,task_id}') = 'number')::int, "
+    "payload::json->>'origin', recorded_at, seq FROM events "
+    "WHERE type = 'node_created' AND parent_id IS NULL ON CONFLICT DO NOTHING")
+_PG_TYPES: Final = {"event_id": "text", "tree_id": "text", "type": "text", "version": "int",
+                    "recorded_at": "text", "node_id": "text", "parent_id": "text",
+                    "done": "smallint", "value": "float8", "source": "text",
+                    "reason": "text", "digest": "text", "payload": "text"}
+
+
+def _unnest(columns: Sequence[str], types: Sequence[str]) -> str:
+    args = ", ".join(f"${i}::{t}[]" for i, t in enumerate(types, start=1))
+    return f"unnest({args}) AS k({', '.join(columns)})"
+
+
+class PgStatements:
+    """:class:`branchpoint.store.sqlbase.Statements` for PostgreSQL: one query per lookup
+    with array parameters, and one ``INSERT ... SELECT FROM unnest(...)`` per table."""
+
+    _insert_events = (f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) SELECT * FROM "
+                      + _unnest(EVENT_COLUMNS, [_PG_TYPES[c] for c in EVENT_COLUMNS]))
+    _insert_trees = (f"INSERT INTO trees ({', '.join(TREE_COLUMNS)}, root_seq) "
+                     f"SELECT {', '.join('k.' + c for c in TREE_COLUMNS)}, e.seq FROM "
+                     + _unnest([*TREE_COLUMNS, "eid"],
+                               ["text", "text", "text", "smallint", "text", "text", "text"])
+                     + " JOIN events e ON e.event_id = k.eid")
+
+    def last_seq(self, db: Executor) -> int | None:
+        return db.fetchall("SELECT max(seq) FROM events")[0][0]  # type: ignore[no-any-return]
+
+    def stored(self, db: Executor, event_ids: Sequence[str]) -> list[Sequence[Any]]:
+        return db.fetchall(
+            "SELECT event_id, digest, CASE WHEN digest IS NULL THEN seq END, event_id, "
+            "tree_id, type, version, recorded_at, CASE WHEN digest IS NULL THEN payload END "
+            "FROM events WHERE event_id = ANY($1::text[])", (list(event_ids),))
+
+    def roots(self, db: Executor, tree_ids: Sequence[str]) -> set[str]:
+        rows = db.fetchall("SELECT tree_id FROM trees WHERE tree_id = ANY($1::text[])",
+                           (list(tree_ids),))
+        return {r[0] for r in rows}
+
+    def _keys(self, db: Executor, keys: Sequence[tuple[str, str]], what: str, type_: str
+              ) -> list[Any]:
+        return db.fetchall(
+            f"SELECT e.tree_id, e.node_id, {what} FROM events e "
+            f"JOIN {_unnest(['t', 'n'], ['text', 'text'])} "
+            f"ON e.tree_id = k.t AND e.node_id = k.n WHERE e.type = '{type_}'",
+            ([k[0] for k in keys], [k[1] for k in keys]))
+
+    def created(self, db: Executor, keys: Sequence[tuple[str, str]]
+                ) -> list[tuple[str, str, bool]]:
+        return self._keys(db, keys, "e.parent_id IS NULL", "node_created")
+
+    def executed(self, db: Executor, keys: Sequence[tuple[str, str]]
+                 ) -> list[tuple[str, str, bool | None]]:
+        return self._keys(db, keys, "e.done", "action_executed")
+
+    def insert(self, db: Executor, rows: list[tuple[Any, ...]],
+               trees: list[tuple[Any, ...]]) -> None:
+        db.execute(self._insert_events, [list(c) for c in zip(*rows, strict=True)])
+        if trees:
+            db.execute(self._insert_trees, [list(c) for c in zip(*trees, strict=True)])
+
+
+def _pg_migration(db: Executor) -> list[str]:
+    tables = {r[0] for r in db.fetchall(
+        "SELECT table_name FROM information_schema.tables "
+        "WHERE table_schema = current_schema()")}
+    out: list[str] = []
+    if "events" in tables:
+        have = {r[0] for r in db.fetchall(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = 'events'")}
+        out += [f"ALTER TABLE events ADD COLUMN {name} {type_}"
+                for name, type_ in sqlbase.ADDED_COLUMNS["events"] if name not in have]
+    out += _PG_TABLES
+    # the indexes are the same statements as in schema.sql
+    out += [s for s in sqlbase.schema_statements() if s.startswith("CREATE") and " INDEX " in s]
+    if "events" in tables and "trees" not in tables:
+        out.append(_PG_BACKFILL_TREES)
+    out.append(f"INSERT INTO schema_version (version) VALUES ({SCHEMA_VERSION}) "
+               "ON CONFLICT DO NOTHING")
+    return out
+
+
+def _dollar(sql: str) -> str:
+    """qmark parameters to PostgreSQL's ``$n``."""
+    counter = iter(range(1, 10_000))
+    return re.sub(r"\?", lambda _: f"${next(counter)}", sql)
+
+
+# --- the log ----------------------------------------------------------------------------------
+
+
+class SqlEventLog:
+    """The event log in a SQLite file or a PostgreSQL database. Open with :meth:`open`."""
+
+    def __init__(self, engine: AsyncEngine, *, postgres: bool, where: str) -> None:
+        self._engine = engine
+        self._pg = postgres
+        self._where = where  # the URL without its password, for messages
+        self._sql: Statements = PgStatements() if postgres else SqliteStatements()
+        self._closed_expr = _PG_CLOSED if postgres else sqlbase.SQLITE_CLOSED
+
+    @classmethod
+    async def open(cls, url: str) -> SqlEventLog:
+        """Connect to ``url`` and create or migrate the schema.
+
+        ``sqlite:///relative.db``, ``sqlite:////absolute.db``, ``postgresql://user@host:port/db``
+        (``+asyncpg``/``+aiosqlite`` suffixes accepted). A PostgreSQL URL may name the schema
+        to use with ``?schema=NAME`` (created if missing; default: the server's search_path).
+
+        Raises:
+            StoreUnavailable: the database cannot be reached, opened or migrated.
+            ValueError: the URL names no supported database.
+        """
+        try:
+            u = make_url(url)
+        except Exception as exc:
+            raise ValueError(f"not a database URL: {url!r}") from exc
+        backend = u.get_backend_name()
+        if backend == "sqlite":
+            if not u.database or u.database == ":memory:":
+                raise ValueError("a SQLite store needs a file: sqlite:///path/to/file.db")
+            engine = create_async_engine(u.set(drivername="sqlite+aiosqlite"),
+                                         connect_args={"timeout": BUSY_TIMEOUT_S})
+            _install_sqlite_hooks(engine)
+            log = cls(engine, postgres=False, where=u.render_as_string(hide_password=True))
+        elif backend in ("postgresql", "postgres"):
+            schema = u.query.get("schema")
+            if isinstance(schema, tuple):
+                schema = schema[-1]
+            args: dict[str, Any] = {}
+            if schema:
+                if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", schema):
+                    raise ValueError(f"not a plain schema name: {schema!r}")
+                args["server_settings"] = {"search_path": schema}
+            u = u.set(drivername="postgresql+asyncpg").difference_update_query(["schema"])
+            engine = create_async_engine(u, connect_args=args, pool_pre_ping=False)
+            log = cls(engine, postgres=True, where=u.render_as_string(hide_password=True))
+            log._schema = schema
+        else:
+            raise ValueError(f"unsupported database {backend!r} in {url!r}; "
+                             "use sqlite:///file.db or postgresql://user@host/db")
+        try:
+            await log._migrate()
+        except BaseException:
+            await engine.dispose()
+            raise
+        return log
+
+    _schema: str | None = None
+
+    async def _migrate(self) -> None:
+        def work(conn: Connection) -> None:
+            db = _SaExecutor(conn)
+            if self._pg:
+                db.fetchall(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
+                if self._schema:
+                    db.execute(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"')
+                sqlbase.run_migration(db, _pg_migration)
+            else:
+                sqlbase.run_migration(db, sqlbase.sqlite_migration)
+
+        await self._guard(self._write(work), "open")
+
+    # -- transactions and errors --
+
+    async def _write(self, work: Callable[[Connection], T]) -> T:
+        async with self._engine.connect() as conn:
+            if not self._pg:
+                await conn.execution_options(**{_WRITE: True})
+            async with conn.begin():
+                return await conn.run_sync(work)
+
+    async def _guard(self, op: Awaitable[T], what: str) -> T:
+        try:
+            return await op
+        except IntegrityError:
+            raise
+        except (DBAPIError, OSError, TimeoutError) as exc:
+            raise StoreUnavailable(f"{what} failed on {self._where}: "
+                                   f"{_driver_message(exc)}") from exc
+
+    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        async def go() -> list[Sequence[Any]]:
+            async with self._engine.connect() as conn:
+                res = await conn.exec_driver_sql(_dollar(sql) if self._pg else sql,
+                                                 tuple(params))
+                return list(res.fetchall())
+
+        return await self._guard(go(), "read")
+
+    # -- the EventLog protocol --
+
+    async def append(self, events: Sequence[Event], *, lines: Sequence[int] | None = None,
+                     normalized: bool = False) -> AppendResult:
+        """Store a batch atomically (see :meth:`branchpoint.store.log.EventLog.append`).
+
+        ``normalized=True`` skips re-validating events that come straight from
+        :func:`branchpoint.store.events.decode_event` (they already are): ``branchpoint
+        ingest`` passes it.
+
+        Raises:
+            InvalidEvent: the batch breaks a rule; nothing was stored.
+            ConflictingEvent: an ``event_id`` is stored with other content.
+            StoreUnavailable: the database cannot be reached or failed.
+        """
+        evs = list(events) if normalized else [normalize(e) for e in events]
+
+        def work(conn: Connection) -> AppendResult:
+            db = _SaExecutor(conn)
+            if self._pg:
+                # writers one at a time, so that seq order is commit order (readers go on)
+                db.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+            return append_batch(db, self._sql, evs, lines)
+
+        try:
+            return await self._guard(self._write(work), "append")
+        except IntegrityError:
+            pass
+        # A unique index fired behind the validation: a writer that did not take the lock
+        # committed in between. Validating again against what is stored now names the
+        # offending event (or finds the batch already stored).
+        try:
+            return await self._guard(self._write(work), "append")
+        except IntegrityError as exc:
+            raise await self._collision(evs, lines, exc) from exc
+
+    async def _collision(self, evs: list[Event], lines: Sequence[int] | None,
+                         exc: IntegrityError) -> InvalidEvent:
+        """The error for a batch a unique index refused: names the first event that
+        collides with a stored row."""
+        def find(conn: Connection) -> tuple[int, str] | None:
+            db = _SaExecutor(conn)
+            ids = {r[0] for r in self._sql.stored(db, [e.event_id for e in evs])}
+            keys = sorted({(e.tree_id, e.node_id) for e in evs if e.node_id is not None})
+            created = {(r[0], r[1]) for r in self._sql.created(db, keys)} if keys else set()
+            executed = {(r[0], r[1]) for r in self._sql.executed(db, keys)} if keys else set()
+            for i, e in enumerate(evs):
+                key = (e.tree_id, e.node_id)
+                if e.event_id in ids:
+                    return i, "event_id"
+                if e.type == "node_created" and key in created:
+                    return i, "payload.node_id"
+                if e.type == "action_executed" and key in executed:
+                    return i, "payload.node_id"
+            return None
+
+        async def go() -> tuple[int, str] | None:
+            async with self._engine.connect() as conn:
+                return await conn.run_sync(find)
+
+        found = await self._guard(go(), "append")
+        i, field = found if found is not None else (0, None)
+        line = lines[i] if lines is not None else i + 1
+        return InvalidEvent("conflicts with an event stored by a concurrent writer "
+                            f"({_driver_message(exc)}); nothing of this batch was stored",
+                            line=line, event_id=evs[i].event_id if evs else None,
+                            field=field)
+
+    async def read_tree(self, tree_id: str) -> list[Event]:
+        rows = await self._read(f"{EVENT_SELECT} FROM events WHERE tree_id = ? ORDER BY seq",
+                                (tree_id,))
+        if not rows:
+            raise TreeNotFound(f"no tree {tree_id!r} in the log")
+        return [event_from_row(r) for r in rows]
+
+    async def read_heads(self, tree_id: str) -> list[EventHead]:
+        rows = await self._read(f"{HEAD_SELECT} FROM events WHERE tree_id = ? ORDER BY seq",
+                                (tree_id,))
+        if not rows:
+            raise TreeNotFound(f"no tree {tree_id!r} in the log")
+        return [head_from_row(r) for r in rows]
+
+    async def read_after(self, seq: int = 0, *, limit: int = 1000) -> list[Event]:
+        rows = await self._read(f"{EVENT_SELECT} FROM events WHERE seq > ? ORDER BY seq "
+                                "LIMIT ?", (max(seq, 0), limit))
+        return [event_from_row(r) for r in rows]
+
+    async def list_trees(self, where: TreeFilter | None = None) -> list[TreeSummary]:
+        w = where or TreeFilter()
+        conds: list[str] = []
+        params: list[Any] = []
+        for cond, value in (("t.env = ?", w.env),
+                            ("t.task_id = ?", None if w.task_id is None else str(w.task_id)),
+                            ("t.origin = ?", w.origin),
+                            ("t.created_at >= ?", w.since and utc_text(w.since)),
+                            ("t.created_at < ?", w.until and utc_text(w.until))):
+            if value is not None:
+                conds.append(cond)
+                params.append(value)
+        sql = (f"SELECT t.tree_id, t.env, t.task_id, t.task_id_is_int, t.origin, "
+               f"t.created_at, t.root_seq, {self._closed_expr} AS closed FROM trees t")
+        if conds:
+            sql += " WHERE " + " AND ".join(conds)
+        if w.finished is not None:
+            sql = (f"SELECT * FROM ({sql}) s WHERE closed IS "
+                   f"{'NOT NULL' if w.finished else 'NULL'}")
+        rows = await self._read(sql + " ORDER BY root_seq", params)
+        return [summary_from_row(r) for r in rows]
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+
+def _install_sqlite_hooks(engine: AsyncEngine) -> None:
+    """WAL, synchronous=NORMAL and a busy timeout on every connection; ``BEGIN IMMEDIATE``
+    for appends. aiosqlite (like sqlite3) would otherwise emit a deferred BEGIN of its own
+    and only ask for the write lock at the first INSERT, where a busy writer makes it fail
+    at once instead of waiting."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves, below
+        cur = dbapi_connection.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get(_WRITE)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _driver_message(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()
+    return text[0] if text else type(orig).__name__

@@ -1,0 +1,349 @@
+"""What the SQL writers share: the schema, the statements, row codecs, and the append
+algorithm itself.
+
+Three writers append to SQL databases: :class:`branchpoint.store.sql.SqlEventLog` on SQLite
+and on PostgreSQL (SQLAlchemy async), and the SDK's
+:class:`branchpoint.store.sqlite3_writer.Sqlite3Writer` (stdlib ``sqlite3``, no SQLAlchemy).
+They run the same :func:`append_batch` over a small :class:`Statements` object per dialect,
+so they refuse the same batches with the same errors and store the same rows. The
+algorithm is synchronous; SqlEventLog runs it through ``AsyncConnection.run_sync``.
+
+Light on purpose: stdlib and msgspec only (the SDK imports this module).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any, Final, Protocol
+
+import msgspec
+
+from branchpoint.store.events import (
+    CURRENT_VERSION,
+    PAYLOAD_TYPES,
+    UPCASTERS,
+    Event,
+    EventHead,
+    canonical_payload,
+)
+from branchpoint.store.log import AppendResult, TreeSummary
+from branchpoint.store.validation import Known, NodeFacts, check_batch, drop_duplicates, lookups
+
+__all__ = [
+    "EVENT_COLUMNS",
+    "SCHEMA_VERSION",
+    "Executor",
+    "SqliteStatements",
+    "Statements",
+    "append_batch",
+    "event_from_row",
+    "event_row",
+    "head_from_row",
+    "schema_statements",
+    "summary_from_row",
+]
+
+#: The schema version this code writes; recorded in ``schema_version`` on open.
+SCHEMA_VERSION: Final = 1
+
+#: Columns written by an append, in the order of :func:`event_row`.
+EVENT_COLUMNS: Final = ("event_id", "tree_id", "type", "version", "recorded_at", "node_id",
+                        "parent_id", "done", "value", "source", "reason", "digest", "payload")
+TREE_COLUMNS: Final = ("tree_id", "env", "task_id", "task_id_is_int", "origin", "created_at")
+
+#: Columns a database of an older schema may lack, with their SQL types; added on open.
+#: Rows stored before keep NULL there and readers derive the value (see the queries).
+ADDED_COLUMNS: Final = {"events": (("digest", "TEXT"), ("reason", "TEXT"))}
+
+# Selected by read_tree / read_after, decoded by event_from_row.
+EVENT_SELECT: Final = "SELECT seq, event_id, tree_id, type, version, recorded_at, payload"
+# Selected by read_heads, decoded by head_from_row. ``payload`` only where the row predates
+# the ``reason`` column and the reason must be read from the JSON.
+HEAD_SELECT: Final = ("SELECT seq, type, node_id, parent_id, done, value, source, reason, "
+                      "CASE WHEN type = 'tree_closed' AND reason IS NULL THEN payload END")
+
+_CHUNK: Final = 500  # bound parameters per IN (...) query; far below every SQLite limit
+
+
+def schema_statements() -> list[str]:
+    """The statements of ``schema.sql``, comments removed, one per item."""
+    text = resources.files("branchpoint.store").joinpath("schema.sql").read_text("utf-8")
+    text = re.sub(r"--[^\n]*", "", text)
+    return [s.strip() for s in text.split(";") if s.strip()]
+
+
+def utc_text(at: datetime) -> str:
+    """A time as stored: UTC, microseconds, fixed width (text order is time order)."""
+    return at.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+# --- rows ----------------------------------------------------------------------------------
+
+
+def event_row(ev: Event) -> tuple[Any, ...]:
+    """The values of :data:`EVENT_COLUMNS` for one validated event."""
+    payload = canonical_payload(ev.payload)
+    # events.digest(), computed here so that the canonical payload is encoded once; a test
+    # pins that both agree.
+    h = hashlib.sha256()
+    for part in (ev.event_id, ev.tree_id, ev.type, str(ev.version),
+                 ev.recorded_at.astimezone(UTC).isoformat()):
+        h.update(part.encode())
+        h.update(b"\x00")
+    h.update(payload)
+    p: Any = ev.payload
+    node_id = parent_id = done = value = source = reason = None
+    t = ev.type
+    if t == "node_created":
+        node_id, parent_id = p.node_id, p.parent_id
+    elif t == "action_executed":
+        node_id, done = p.node_id, (None if p.done is None else int(p.done))
+    elif t == "score_assigned":
+        node_id, value, source = p.node_id, p.value, p.source
+    else:
+        reason = p.reason
+    return (ev.event_id, ev.tree_id, t, ev.version, utc_text(ev.recorded_at), node_id,
+            parent_id, done, value, source, reason, h.hexdigest(), payload.decode())
+
+
+def tree_row(ev: Event) -> tuple[Any, ...] | None:
+    """The ``trees`` row a root creates (``root_seq`` is looked up by ``event_id``)."""
+    p: Any = ev.payload
+    if ev.type != "node_created" or p.parent_id is not None:
+        return None
+    task_id = p.task["task_id"]
+    return (ev.tree_id, p.task["env"], str(task_id), int(isinstance(task_id, int)), p.origin,
+            utc_text(ev.recorded_at), ev.event_id)
+
+
+_decoders = {name: msgspec.json.Decoder(cls) for name, cls in PAYLOAD_TYPES.items()}
+_any = msgspec.json.Decoder()
+
+
+def _payload(type_: str, version: int, data: str | bytes) -> Any:
+    if version == CURRENT_VERSION:
+        return _decoders[type_].decode(data)
+    raw = _any.decode(data)
+    for v in range(version, CURRENT_VERSION):
+        raw = UPCASTERS[(type_, v)](raw)
+    return msgspec.convert(raw, PAYLOAD_TYPES[type_])
+
+
+def event_from_row(row: Sequence[Any]) -> Event:
+    """An :class:`Event` from a row of :data:`EVENT_SELECT`; older versions are upcast."""
+    seq, event_id, tree_id, type_, version, at, payload = row
+    return Event(event_id=event_id, tree_id=tree_id, type=type_, version=CURRENT_VERSION,
+                 recorded_at=datetime.fromisoformat(at).astimezone(UTC),
+                 payload=_payload(type_, version, payload), seq=seq)
+
+
+def head_from_row(row: Sequence[Any]) -> EventHead:
+    """An :class:`EventHead` from a row of :data:`HEAD_SELECT` (no JSON decoding, except
+    for a tree_closed row stored before the ``reason`` column existed)."""
+    seq, type_, node_id, parent_id, done, value, source, reason, payload = row
+    if type_ == "tree_closed":
+        # EventHead carries the close reason in its parent_id slot
+        parent_id = reason if payload is None else _any.decode(payload)["reason"]
+    return EventHead(seq, type_, node_id, parent_id, None if done is None else bool(done),
+                     value, source)
+
+
+def summary_from_row(row: Sequence[Any]) -> TreeSummary:
+    """A :class:`TreeSummary` from a ``trees`` row joined with its latest close reason."""
+    tree_id, env, task_id, is_int, origin, created_at, root_seq, closed = row
+    return TreeSummary(tree_id=tree_id, env=env, task_id=int(task_id) if is_int else task_id,
+                       origin=origin, created_at=datetime.fromisoformat(created_at),
+                       root_seq=root_seq, closed=closed)
+
+
+# --- the append algorithm ------------------------------------------------------------------
+
+
+class Executor(Protocol):
+    """The two calls the statements need from a connection inside a transaction."""
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]: ...
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None: ...
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+
+class Statements(Protocol):
+    """The queries of one dialect that :func:`append_batch` runs."""
+
+    def last_seq(self, db: Executor) -> int | None: ...
+
+    def stored(self, db: Executor, event_ids: Sequence[str]) -> list[Sequence[Any]]:
+        """``(event_id, digest)`` rows, plus the :data:`EVENT_SELECT` columns after them
+        (used only where ``digest`` is NULL: rows stored before that column existed)."""
+        ...
+
+    def roots(self, db: Executor, tree_ids: Sequence[str]) -> set[str]: ...
+
+    def created(self, db: Executor, keys: Sequence[tuple[str, str]]
+                ) -> list[tuple[str, str, bool]]:
+        """``(tree_id, node_id, is_root)`` of the stored nodes among ``keys``."""
+        ...
+
+    def executed(self, db: Executor, keys: Sequence[tuple[str, str]]
+                 ) -> list[tuple[str, str, bool | None]]:
+        """``(tree_id, node_id, done)`` of the stored action_executed among ``keys``."""
+        ...
+
+    def insert(self, db: Executor, rows: list[tuple[Any, ...]],
+               trees: list[tuple[Any, ...]]) -> None: ...
+
+
+def append_batch(db: Executor, sql: Statements, events: Sequence[Event],
+                 lines: Sequence[int] | None) -> AppendResult:
+    """Validate ``events`` (already normalized) against the stored facts and insert them.
+
+    Must run inside one write transaction that the caller commits, or rolls back when this
+    raises; that is what makes a batch all-or-nothing.
+
+    Raises:
+        InvalidEvent: the batch breaks a rule (see :mod:`branchpoint.store.validation`).
+        ConflictingEvent: an ``event_id`` is stored, or repeated, with other content.
+    """
+    last = sql.last_seq(db)
+    if not events:
+        return AppendResult(0, 0, last)
+    ids = [e.event_id for e in events]
+    stored: dict[str, str] = {}
+    if last is not None:  # an empty log holds no digests: skip the lookups
+        for row in sql.stored(db, ids):
+            d = row[1]
+            if d is None:
+                from branchpoint.store.events import digest
+
+                d = digest(event_from_row(row[2:]))
+            stored[row[0]] = d
+    if stored or len(set(ids)) != len(ids):
+        fresh, fresh_lines = drop_duplicates(events, stored, lines)
+    else:  # drop_duplicates would return the batch unchanged; spare it the digests
+        fresh, fresh_lines = list(events), (list(lines) if lines is not None else None)
+    trees, keys = lookups(fresh)
+    roots = sql.roots(db, sorted(trees)) if last is not None else set()
+    # a tree without a stored root has no stored nodes (every event needs the root first)
+    keys_in_stored = sorted(k for k in keys if k[0] in roots)
+    nodes: dict[tuple[str, str], NodeFacts] = {}
+    if keys_in_stored:
+        for t, n, is_root in sql.created(db, keys_in_stored):
+            nodes[(t, n)] = NodeFacts(bool(is_root), False, None)
+        for t, n, done in sql.executed(db, keys_in_stored):
+            nodes[(t, n)] = NodeFacts(False, True, None if done is None else bool(done))
+    check_batch(fresh, Known(frozenset(roots), nodes), fresh_lines)
+    if fresh:
+        rows = [event_row(e) for e in fresh]
+        tree_rows = [r for r in map(tree_row, fresh) if r is not None]
+        sql.insert(db, rows, tree_rows)
+        last = sql.last_seq(db)
+    return AppendResult(len(fresh), len(events) - len(fresh), last)
+
+
+def chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+# --- SQLite ---------------------------------------------------------------------------------
+
+INSERT_EVENT: Final = (f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "
+                       f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))})")
+INSERT_TREE: Final = (f"INSERT INTO trees ({', '.join(TREE_COLUMNS)}, root_seq) "
+                      f"SELECT {', '.join('?' * len(TREE_COLUMNS))}, seq "
+                      "FROM events WHERE event_id = ?")
+# The reason of a tree's latest tree_closed, or NULL while it is unfinished.
+SQLITE_CLOSED: Final = ("(SELECT COALESCE(c.reason, json_extract(c.payload, '$.reason')) "
+                        "FROM events c WHERE c.type = 'tree_closed' AND c.tree_id = t.tree_id "
+                        "ORDER BY c.seq DESC LIMIT 1)")
+# Fills ``trees`` from the roots when an older database gains the table.
+SQLITE_BACKFILL_TREES: Final = (
+    f"INSERT OR IGNORE INTO trees ({', '.join(TREE_COLUMNS)}, root_seq) "
+    "SELECT tree_id, json_extract(payload, '$.task.env'), "
+    "CAST(json_extract(payload, '$.task.task_id') AS TEXT), "
+    "json_type(payload, '$.task.task_id') = 'integer', json_extract(payload, '$.origin'), "
+    "recorded_at, seq FROM events WHERE type = 'node_created' AND parent_id IS NULL")
+
+
+class SqliteStatements:
+    """:class:`Statements` for SQLite (``?`` parameters, IN lists in chunks)."""
+
+    def last_seq(self, db: Executor) -> int | None:
+        return db.fetchall("SELECT max(seq) FROM events")[0][0]  # type: ignore[no-any-return]
+
+    def stored(self, db: Executor, event_ids: Sequence[str]) -> list[Sequence[Any]]:
+        out: list[Sequence[Any]] = []
+        for part in chunks(event_ids):
+            marks = ",".join("?" * len(part))
+            out += db.fetchall(
+                "SELECT event_id, digest, CASE WHEN digest IS NULL THEN seq END, event_id, "
+                "tree_id, type, version, recorded_at, "
+                f"CASE WHEN digest IS NULL THEN payload END FROM events "
+                f"WHERE event_id IN ({marks})", part)
+        return out
+
+    def roots(self, db: Executor, tree_ids: Sequence[str]) -> set[str]:
+        out: set[str] = set()
+        for part in chunks(tree_ids):
+            marks = ",".join("?" * len(part))
+            out.update(r[0] for r in db.fetchall(
+                f"SELECT tree_id FROM trees WHERE tree_id IN ({marks})", part))
+        return out
+
+    def _by_tree(self, db: Executor, keys: Sequence[tuple[str, str]], select: str
+                 ) -> list[Any]:
+        by_tree: dict[str, list[str]] = {}
+        for t, n in keys:
+            by_tree.setdefault(t, []).append(n)
+        out: list[Any] = []
+        for t, nodes in by_tree.items():
+            for part in chunks(nodes):
+                marks = ",".join("?" * len(part))
+                out += db.fetchall(f"{select} AND tree_id = ? AND node_id IN ({marks})",
+                                   [t, *part])
+        return out
+
+    def created(self, db: Executor, keys: Sequence[tuple[str, str]]
+                ) -> list[tuple[str, str, bool]]:
+        return self._by_tree(db, keys, "SELECT tree_id, node_id, parent_id IS NULL "
+                             "FROM events WHERE type = 'node_created'")
+
+    def executed(self, db: Executor, keys: Sequence[tuple[str, str]]
+                 ) -> list[tuple[str, str, bool | None]]:
+        return self._by_tree(db, keys, "SELECT tree_id, node_id, done "
+                             "FROM events WHERE type = 'action_executed'")
+
+    def insert(self, db: Executor, rows: list[tuple[Any, ...]],
+               trees: list[tuple[Any, ...]]) -> None:
+        db.executemany(INSERT_EVENT, rows)
+        if trees:
+            db.executemany(INSERT_TREE, trees)
+
+
+def sqlite_migration(db: Executor) -> list[str]:
+    """The statements that bring a SQLite database to :data:`SCHEMA_VERSION`: create what
+    is missing, add the columns an older ``events`` lacks, fill ``trees`` if it is new,
+    record the version. Stored events are never rewritten. Run it in a write transaction."""
+    tables = {r[0] for r in db.fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    out: list[str] = []
+    if "events" in tables:
+        have = {r[1] for r in db.fetchall("PRAGMA table_info(events)")}
+        out += [f"ALTER TABLE events ADD COLUMN {name} {type_}"
+                for name, type_ in ADDED_COLUMNS["events"] if name not in have]
+    out += schema_statements()
+    if "events" in tables and "trees" not in tables:
+        out.append(SQLITE_BACKFILL_TREES)
+    out.append(f"INSERT OR IGNORE INTO schema_version (version) VALUES ({SCHEMA_VERSION})")
+    return out
+
+
+def run_migration(db: Executor, plan: Callable[[Executor], list[str]]) -> None:
+    """Execute the statements ``plan`` returns, one by one."""
+    for stmt in plan(db):
+        db.execute(stmt)

@@ -1,0 +1,104 @@
+"""A synchronous appender for a SQLite event log, with nothing but the stdlib ``sqlite3``.
+
+This is what the SDK's local sink will use inside a production agent, where SQLAlchemy
+and an event loop are unwelcome. It follows ``schema.sql`` and runs the very append code
+of :class:`branchpoint.store.sql.SqlEventLog` (:func:`branchpoint.store.sqlbase.append_batch`),
+so both refuse the same batches with the same errors and store identical rows.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from branchpoint.store.errors import InvalidEvent, StoreUnavailable
+from branchpoint.store.events import Event, normalize
+from branchpoint.store.log import AppendResult
+from branchpoint.store.sqlbase import SqliteStatements, append_batch, run_migration, \
+    sqlite_migration
+
+__all__ = ["Sqlite3Writer"]
+
+_STATEMENTS = SqliteStatements()
+
+
+class _Cursor:
+    """:class:`branchpoint.store.sqlbase.Executor` over a ``sqlite3`` connection."""
+
+    def __init__(self, con: sqlite3.Connection) -> None:
+        self._con = con
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        return self._con.execute(sql, params).fetchall()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._con.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._con.executemany(sql, rows)
+
+
+class Sqlite3Writer:
+    """Appends batches to a SQLite file; opening creates or migrates the schema.
+
+    Raises (from the constructor):
+        StoreUnavailable: the file cannot be opened, is not a database, or stays locked
+            longer than ``busy_timeout_s``.
+    """
+
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 60.0) -> None:
+        try:
+            # isolation_level=None: the module issues no BEGIN of its own; we do, IMMEDIATE
+            self._con = sqlite3.connect(str(path), timeout=busy_timeout_s,
+                                        isolation_level=None, check_same_thread=False)
+            self._con.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            self._con.execute("PRAGMA journal_mode = WAL")
+            self._con.execute("PRAGMA synchronous = NORMAL")
+            self._transaction(lambda db: run_migration(db, sqlite_migration))
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite database {path}: {exc}") from exc
+
+    def _transaction(self, work: Any) -> Any:
+        db = _Cursor(self._con)
+        self._con.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(db)
+        except BaseException:
+            self._con.execute("ROLLBACK")
+            raise
+        self._con.execute("COMMIT")
+        return result
+
+    def append(self, events: Sequence[Event], *, lines: Sequence[int] | None = None,
+               normalized: bool = False) -> AppendResult:
+        """Store a batch atomically, exactly as :meth:`EventLog.append` does.
+
+        ``normalized=True`` skips re-validating events that come straight from
+        :func:`branchpoint.store.events.decode_event` (they already are).
+
+        Raises:
+            InvalidEvent: the batch breaks a rule; nothing was stored.
+            ConflictingEvent: an ``event_id`` is stored with other content.
+            StoreUnavailable: the database failed or stayed locked.
+        """
+        evs = list(events) if normalized else [normalize(e) for e in events]
+        try:
+            return self._transaction(  # type: ignore[no-any-return]
+                lambda db: append_batch(db, _STATEMENTS, evs, lines))
+        except sqlite3.IntegrityError as exc:
+            # Only a writer that skipped BEGIN IMMEDIATE can race us past validation.
+            raise InvalidEvent(f"conflicts with an event stored concurrently ({exc})",
+                               event_id=evs[0].event_id if evs else None) from exc
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite append failed: {exc}") from exc
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> Sqlite3Writer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
