@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
 import typer
-
 from branchpoint.cli.main import DbOption, fail
 from branchpoint.store.errors import BranchpointError
 from branchpoint.store.pairs import DEFAULT_MARGIN
@@ -114,7 +113,7 @@ def _table(stats: dict[str, Any]) -> None:
 
 def register(app: typer.Typer) -> None:
     @app.command()
-    def export(
+    def export(  # noqa: PLR0917 - Typer reads options from the parameters
         fmt: Annotated[Format, typer.Argument(
             metavar="FORMAT", help="dpo, steps, sft, trajectory-pairs or stepwise.")],
         db: DbOption,
@@ -162,7 +161,7 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"exported {count} {fmt.value} rows", err=True)
 
     @app.command()
-    def stats(
+    def stats(  # noqa: PLR0917 - Typer reads options from the parameters
         db: DbOption,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
         env: EnvOption = None,

@@ -6,6 +6,8 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
+import networkx as nx
 from branchpoint.store.events import (
     ActionExecuted,
     Event,
@@ -13,6 +15,8 @@ from branchpoint.store.events import (
     ScoreAssigned,
     TreeClosed,
 )
+from branchpoint.store.log import MemoryEventLog
+from branchpoint.store.tree import fold
 
 T0 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
 
@@ -111,3 +115,20 @@ def two_step_tree(tree_id: str = "t1", **kw: Any) -> TreeBuilder:
            done=True)
     b.score("a2", 0.0)
     return b.close()
+
+
+def sequenced(events: list[Event], start: int = 1) -> list[Event]:
+    """The events with the ``seq`` a fresh store would give them."""
+    return [msgspec.structs.replace(e, seq=i) for i, e in enumerate(events, start=start)]
+
+
+def graph_of(b: TreeBuilder) -> nx.DiGraph:
+    """The tree ``b`` folds into, as read back from a fresh store."""
+    return fold(b.tree_id, (e.head() for e in sequenced(b.events)))
+
+
+async def memory_log(*builders: TreeBuilder) -> MemoryEventLog:
+    log = MemoryEventLog()
+    for b in builders:
+        await log.append(b.events)
+    return log
