@@ -1,0 +1,85 @@
+"""Where environments are found: by name, from the ``branchpoint.envs`` entry-point group,
+or by import path.
+
+A package makes its environments available by declaring, in its ``pyproject.toml``::
+
+    [project.entry-points."branchpoint.envs"]
+    fs = "branchpoint.sampler.envs.fs:FsEnv"
+
+and any :class:`~branchpoint.sampler.envs.base.Environment` subclass can also be named by
+its import path, ``package.module:Class``, with no registration at all.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import cache
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+from branchpoint.sampler.envs.base import Environment
+from branchpoint.store.errors import UnknownEnvironment
+
+__all__ = ["GROUP", "get_env", "list_envs", "make_env"]
+
+GROUP = "branchpoint.envs"
+
+
+def _entry_points() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=GROUP)}
+
+
+@cache
+def _load(name: str, target: str) -> type[Environment]:
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UnknownEnvironment(f"environment {name!r} ({target}) cannot be imported: "
+                                 f"{exc}") from exc
+    obj: Any = module
+    for part in attr.split(".") if attr else []:
+        obj = getattr(obj, part, None)
+    if not (isinstance(obj, type) and issubclass(obj, Environment)):
+        raise UnknownEnvironment(f"{target} is not an Environment subclass")
+    return obj
+
+
+def list_envs() -> list[str]:
+    """The names registered under ``branchpoint.envs`` whose class can be loaded, sorted.
+    A registered environment whose module fails to import is left out."""
+    out = []
+    for name in sorted(_entry_points()):
+        try:
+            get_env(name)
+        except UnknownEnvironment:
+            continue
+        out.append(name)
+    return out
+
+
+def get_env(name: str) -> type[Environment]:
+    """The environment class registered as ``name``, or named by ``module:Class``.
+
+    Raises:
+        UnknownEnvironment: nothing is registered under ``name`` (the message lists what
+            is), or its class cannot be imported.
+    """
+    eps = _entry_points()
+    if name in eps:
+        return _load(name, eps[name].value)
+    if ":" in name:
+        return _load(name, name)
+    known = ", ".join(sorted(eps)) or "none"
+    raise UnknownEnvironment(f"no environment named {name!r}; registered: {known} "
+                             "(or give an import path, package.module:Class)")
+
+
+def make_env(name: str, task_id: int, **options: Any) -> Environment:
+    """An environment of task ``task_id``, not yet reset.
+
+    Raises:
+        UnknownEnvironment: as :func:`get_env`.
+        ValueError: a bad task id or option.
+    """
+    return get_env(name)(task_id, **options)

@@ -1,0 +1,111 @@
+"""Replay: re-run recorded actions in a fresh environment and insist on the same answers.
+
+This is how a trajectory recorded in production (through the SDK, a proxy or MCP) is
+branched offline: a fresh environment of the recorded task is reset, each recorded action
+is stepped in turn, and every observation must equal the recorded one exactly (and
+``done`` too, where it was recorded). At the first difference :func:`replay` raises
+:class:`~branchpoint.store.errors.ReplayDivergence` naming the step and showing both sides,
+because a branch grown from a state that differs from the recording would be trained on a
+lie. Steps are numbered from 1 (step 1 is the first action after reset); step 0 is the
+reset, whose messages are compared when the recording has them.
+
+Replay costs one environment step per recorded step: linear in the depth.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import msgspec
+from branchpoint.sampler.envs.base import Environment, Message, StepResult
+from branchpoint.store.errors import ReplayDivergence
+
+__all__ = ["RecordedStep", "replay", "replay_fork", "show_difference"]
+
+
+class RecordedStep(msgspec.Struct, frozen=True):
+    """One recorded step: the action as given to ``step``, the observation it got, and
+    whether the episode was done (None when the recorder could not know)."""
+
+    action: Message
+    observation: list[Message]
+    done: bool | None = None
+
+
+def _as_step(item: Any) -> RecordedStep:
+    if isinstance(item, RecordedStep):
+        return item
+    if isinstance(item, tuple):
+        action, result = item[0], item[1]
+        if isinstance(result, StepResult):
+            return RecordedStep(action, result.observation, result.done)
+        return RecordedStep(action, list(result), item[2] if len(item) > 2 else None)
+    if isinstance(item, dict):
+        return RecordedStep(item["action"], item["observation"], item.get("done"))
+    raise TypeError(f"cannot read a recorded step from {type(item).__name__}")
+
+
+def show_difference(recorded: Any, replayed: Any) -> str:
+    """A unified diff of two JSON values, one key per line."""
+    a = json.dumps(recorded, indent=1, sort_keys=True, ensure_ascii=False).splitlines()
+    b = json.dumps(replayed, indent=1, sort_keys=True, ensure_ascii=False).splitlines()
+    return "\n".join(difflib.unified_diff(a, b, "recorded", "replayed", lineterm="", n=2))
+
+
+def _diverged(step: int, what: str, recorded: Any, replayed: Any) -> ReplayDivergence:
+    exc = ReplayDivergence(f"replay diverged at step {step}: the {what} differs from the "
+                           f"recording\n{show_difference(recorded, replayed)}")
+    exc.step = step  # type: ignore[attr-defined]
+    exc.recorded = recorded  # type: ignore[attr-defined]
+    exc.replayed = replayed  # type: ignore[attr-defined]
+    return exc
+
+
+def replay(env: Environment, steps: Iterable[Any], *,
+           opening: Sequence[Message] | None = None) -> list[Message]:
+    """Reset ``env`` and re-run ``steps`` (RecordedStep, ``(action, StepResult)``,
+    ``(action, observation[, done])`` or ``{"action", "observation", "done"}``), checking
+    each observation. Returns the conversation so far (opening messages, then each action
+    and observation), ready for a policy to continue from.
+
+    Raises:
+        ReplayDivergence: the first step whose observation or ``done`` differs (or the
+            reset, when ``opening`` is given and differs); ``exc.step`` is its number,
+            ``exc.recorded`` and ``exc.replayed`` the two sides.
+    """
+    start = env.reset()
+    if opening is not None and list(opening) != start.messages:
+        raise _diverged(0, "opening", list(opening), start.messages)
+    messages = list(start.messages)
+    for number, item in enumerate(steps, start=1):
+        rec = _as_step(item)
+        got = env.step(rec.action)
+        if got.observation != rec.observation:
+            raise _diverged(number, "observation", rec.observation, got.observation)
+        if rec.done is not None and got.done != rec.done:
+            raise _diverged(number, "done flag", rec.done, got.done)
+        messages += [rec.action, *rec.observation]
+    return messages
+
+
+def replay_fork(env: Environment) -> Environment:
+    """A copy of ``env`` made by replaying its history in a fresh environment of the same
+    task (the ``replay`` way of :func:`branchpoint.sampler.fork.fork`).
+
+    Raises:
+        ValueError: ``env`` keeps no ``history`` of ``(action, StepResult)``.
+        ReplayDivergence: the environment is not deterministic in its actions.
+    """
+    history = getattr(env, "history", None)
+    if history is None:
+        raise ValueError(f"{env.name!r} environments keep no history to replay")
+    child = type(env)(env.task_id, **env.options)
+    try:
+        replay(child, history)
+    except BaseException:
+        child.close()
+        raise
+    return child
