@@ -11,9 +11,11 @@ policy forbids must be refused with ``respond`` and nothing changed. Text syntax
 
 Options: ``difficulty`` (``easy``: the customer gives an email and order ids; ``medium``, the
 default: orders are named by what was in them, so the agent must list orders first; ``hard``:
-two requests, one of which may be about someone else's order), ``storage`` (``memory``, the
-default: a private in-memory database, forked by snapshot; ``file``: a database file in a
-sandbox directory, forked by copying the file) and ``max_steps`` (20).
+two requests, one of which may be about someone else's order), ``backend`` (``memory``, the
+default: a private in-memory database, forked by snapshot; ``disk``: a real database file in
+a sandbox directory of its own, forked by copying the file with the backup API) and
+``max_steps`` (20). Both backends behave the same; snapshots of either are the serialized
+database, restored through the backup API so that a file stays a real file.
 
 The check (:meth:`ShopEnv.check`) compares the final database with the expected one, which
 is the gold tool calls applied to a copy of the start state (:meth:`ShopEnv.expected_hash`
@@ -37,16 +39,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import sqlite3
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from branchpoint.sampler.envs.base import (
     Check,
-    ForkMode,
     Message,
     Outcome,
     SubGoal,
@@ -61,6 +60,7 @@ from branchpoint.sampler.envs.shop_data import (
     make_task,
     normalize_difficulty,
 )
+from branchpoint.sampler.fork import SqliteSandbox
 
 if TYPE_CHECKING:
     from branchpoint.sampler.expert import Expert
@@ -316,7 +316,8 @@ class ShopEnv(ToolEnvironment):
     """A customer-support task over a real SQLite database (see the module docstring).
 
     Raises (on construction):
-        ValueError: for an unknown ``difficulty`` or ``storage``, or a bad ``max_steps``.
+        ValueError: for an unknown option, ``difficulty`` or ``backend``, or a bad
+            ``max_steps``.
     """
 
     name: ClassVar[str] = "shop"
@@ -326,37 +327,46 @@ class ShopEnv(ToolEnvironment):
     max_steps = 20
     tools = TOOLS
 
-    def __init__(self, task_id: int, *, difficulty: Any = "medium", storage: str = "memory",
-                 **options: Any) -> None:
-        difficulty = normalize_difficulty(difficulty)
-        if storage not in ("memory", "file"):
-            raise ValueError(f"storage must be 'memory' or 'file', got {storage!r}")
-        super().__init__(task_id, difficulty=difficulty, storage=storage, **options)
-        self.fork_mode: ForkMode = "sandbox" if storage == "file" else "snapshot"  # type: ignore[misc]
-        self.spec = make_task(task_id, difficulty)
-        self.sandbox: Path | None = None
+    def __init__(self, task_id: int, **options: Any) -> None:
+        unknown = set(options) - {"difficulty", "backend", "max_steps"}
+        if unknown:
+            raise ValueError(f"unknown shop options: {', '.join(sorted(unknown))}")
+        super().__init__(task_id, **options)
+        self.difficulty = normalize_difficulty(options.get("difficulty", "medium"))
+        if "difficulty" in options:
+            self.options["difficulty"] = self.difficulty  # 2 and "medium" are one task
+        self.backend: str = options.get("backend", "memory")
+        if self.backend not in ("memory", "disk"):
+            raise ValueError(f"backend must be memory or disk, got {self.backend!r}")
+        self.spec = make_task(task_id, self.difficulty)
+        self.sandbox: SqliteSandbox | None = None
         self._conn: sqlite3.Connection | None = None
         self._gold: _Gold | None = None
         self._session = _Session()
+
+    @property
+    def fork_mode(self) -> Any:  # type: ignore[override]
+        return "sandbox" if self.backend == "disk" else "snapshot"
 
     # --- storage --------------------------------------------------------------------------
 
     @property
     def conn(self) -> sqlite3.Connection:
-        """The live database (opened on first use; a file in the sandbox for ``file``)."""
+        """The live database, opened on first use: in memory, or for ``disk`` a file in a
+        sandbox of this environment's own. Autocommit, so each change is on disk at once."""
         if self._conn is None:
-            if self.options["storage"] == "file":
-                self.sandbox = Path(tempfile.mkdtemp(prefix="branchpoint-shop-"))
-                self._conn = sqlite3.connect(self.sandbox / "shop.db", isolation_level=None)
+            if self.backend == "disk":
+                self.sandbox = SqliteSandbox(prefix="bp-shop-")
+                self._conn = sqlite3.connect(self.sandbox.db_path, isolation_level=None)
             else:
                 self._conn = sqlite3.connect(":memory:", isolation_level=None)
         return self._conn
 
     @property
     def db_path(self) -> Path | None:
-        """The database file of a ``file`` environment (None in memory)."""
+        """The database file of a ``disk`` environment (None in memory)."""
         _ = self.conn
-        return None if self.sandbox is None else self.sandbox / "shop.db"
+        return None if self.sandbox is None else self.sandbox.db_path
 
     def _write(self, data: bytes) -> None:
         # Through the backup API, so that a file database stays a real file on disk.
@@ -438,8 +448,8 @@ class ShopEnv(ToolEnvironment):
         self._session = session.copy()
 
     def fork(self) -> ShopEnv:
-        """An independent copy in the current state: for ``file`` storage, a new sandbox
-        holding a copy of the database file (sibling branches share nothing)."""
+        """An independent copy in the current state: for ``disk``, a new sandbox holding a
+        copy of the database file (sibling branches share nothing)."""
         child = ShopEnv(self.task_id, **self.options)
         child._gold = self._gold
         if self.sandbox is not None:
@@ -457,7 +467,7 @@ class ShopEnv(ToolEnvironment):
             self._conn.close()
             self._conn = None
         if self.sandbox is not None:
-            shutil.rmtree(self.sandbox, ignore_errors=True)
+            self.sandbox.close()
             self.sandbox = None
 
     # --- scoring --------------------------------------------------------------------------

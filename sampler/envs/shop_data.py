@@ -271,7 +271,8 @@ def _request(rng: random.Random, task: ShopTask, order: Order, *, by_item: bool)
                            f"Change the address of {ref} to {address}."])
     if allowed:
         _set_status(order, "pending", 0)
-        call = ("update_address", {"order_id": oid, "address": address})
+        call: tuple[str, dict[str, Any]] = ("update_address",
+                                            {"order_id": oid, "address": address})
         return Request("address", oid, name, True, (call,), (address,), sentence)
     _set_status(order, *rng.choice([("shipped", rng.randint(1, 5)),
                                     ("delivered", rng.randint(1, 60))]))
