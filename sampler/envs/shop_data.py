@@ -261,8 +261,8 @@ def _request(rng: random.Random, task: ShopTask, order: Order, *, by_item: bool)
         sentence = f"Please exchange the {item.name} {where} for a {new.name}."
         if allowed:
             task.stock[new.id] = max(task.stock[new.id], 1)
-            call = ("exchange_item", {"order_id": oid, "product_id": item.id,
-                                      "new_product_id": new.id})
+            args = {"order_id": oid, "product_id": item.id, "new_product_id": new.id}
+            call: tuple[str, dict[str, Any]] = ("exchange_item", args)
             return Request(kind, oid, name, True, (call,), (new.name,), sentence)
         task.stock[new.id] = 0
         return Request(kind, oid, name, False, (), ("out of stock",), sentence)
@@ -271,8 +271,7 @@ def _request(rng: random.Random, task: ShopTask, order: Order, *, by_item: bool)
                            f"Change the address of {ref} to {address}."])
     if allowed:
         _set_status(order, "pending", 0)
-        call: tuple[str, dict[str, Any]] = ("update_address",
-                                            {"order_id": oid, "address": address})
+        call = ("update_address", {"order_id": oid, "address": address})
         return Request("address", oid, name, True, (call,), (address,), sentence)
     _set_status(order, *rng.choice([("shipped", rng.randint(1, 5)),
                                     ("delivered", rng.randint(1, 60))]))
