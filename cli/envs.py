@@ -1,0 +1,169 @@
+"""``branchpoint envs`` and ``branchpoint env play``: list environments, play a task.
+
+``env play`` plays one task in the terminal: typed commands in the environment's text
+syntax (``ls /docs``) or JSON assistant messages, the scripted expert (``--expert``), or a
+file of actions (``--actions FILE``, one per line: a line starting with ``{`` is a JSON
+assistant message, any other non-blank line the text syntax; play stops at the end of the
+file or when the episode ends and never reads stdin). At the end it shows the check with
+its sub-goals. ``--json`` prints exactly one JSON object instead and exits 0 whatever the
+score::
+
+    {"env", "task_id", "transcript": [{"action", "observation", "done"}],
+     "done", "score", "success", "subgoals": [{"name", "met", "weight"}]}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from branchpoint.cli.main import fail
+from branchpoint.store.errors import UnknownEnvironment
+
+__all__ = ["register"]
+
+env_app = typer.Typer(name="env", help="Play and inspect task environments.",
+                      no_args_is_help=True, add_completion=False)
+
+
+def _content(msg: dict[str, Any]) -> str:
+    content = msg.get("content")
+    return content if isinstance(content, str) else json.dumps(content)
+
+
+def _file_actions(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open(encoding="utf-8") as f:
+        for number, raw in enumerate(f, start=1):
+            line = raw.rstrip("\n")
+            if not line.strip():
+                continue
+            if line.lstrip().startswith("{"):
+                try:
+                    msg = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise fail(f"{path}:{number}: not a JSON assistant message ({exc.msg})"
+                               ) from None
+                yield msg
+            else:
+                yield {"role": "assistant", "content": line}
+
+
+def _typed_actions() -> Iterator[dict[str, Any]]:
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            typer.echo("")
+            return
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as exc:
+                typer.echo(f"not a JSON message: {exc.msg}")
+            continue
+        yield {"role": "assistant", "content": line}
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("envs")
+    def envs() -> None:
+        """List the registered environments, one line each."""
+        from branchpoint.sampler.envs.registry import get_env, list_envs
+
+        for name in list_envs():
+            typer.echo(f"{name:<8} {get_env(name).description}")
+
+    @env_app.command("play")
+    def play(  # noqa: PLR0917 - a Typer command takes its options as parameters
+        env_name: Annotated[str, typer.Argument(metavar="ENV", help="Environment name.")],
+        task: Annotated[int, typer.Option("--task", min=0, help="Task id (any split).")],
+        expert: Annotated[bool, typer.Option("--expert", help="Let the scripted expert play.")
+                          ] = False,
+        mistakes: Annotated[float, typer.Option(
+            "--mistakes", min=0.0, max=1.0, help="The expert's mistake rate.")] = 0.0,
+        seed: Annotated[int | None, typer.Option(
+            "--seed", help="The expert's seed (default: the task id).")] = None,
+        actions: Annotated[Path | None, typer.Option(
+            "--actions", exists=True, dir_okay=False, help="Play a file of actions.")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")
+                           ] = False,
+        difficulty: Annotated[str | None, typer.Option(
+            "--difficulty", help="The environment's difficulty option.")] = None,
+    ) -> None:
+        """Play one task and show its check with the sub-goals."""
+        from branchpoint.sampler.envs.base import usage
+        from branchpoint.sampler.envs.registry import make_env
+
+        if expert and actions is not None:
+            raise fail("--expert and --actions cannot be combined", 2)
+        options = {} if difficulty is None else {"difficulty": difficulty}
+        try:
+            env = make_env(env_name, task, **options)
+        except (UnknownEnvironment, ValueError, TypeError) as exc:
+            raise fail(str(exc)) from None
+        try:
+            start = env.reset()
+            messages = list(start.messages)
+            if not as_json:
+                for m in start.messages:
+                    typer.echo(f"[{m['role']}] {_content(m)}")
+                typer.echo("commands: " + "; ".join(usage(t) for t in start.tools))
+            if expert:
+                policy = env.expert(mistakes=mistakes, seed=seed)
+                source: Iterator[dict[str, Any]] = iter(lambda: policy.act(messages), None)
+            elif actions is not None:
+                source = _file_actions(actions)
+            else:
+                source = _typed_actions()
+            transcript: list[dict[str, Any]] = []
+            done = False
+            for action in source:
+                result = env.step(action)
+                messages += [action, *result.observation]
+                done = result.done
+                transcript.append({"action": action, "observation": result.observation,
+                                   "done": result.done})
+                if not as_json:
+                    if expert:
+                        typer.echo(f"> {_action_text(action)}")
+                    for m in result.observation:
+                        typer.echo(_content(m))
+                if done:
+                    break
+            check = env.check()
+        finally:
+            env.close()
+        subgoals = [{"name": g.name, "met": g.met, "weight": g.weight} for g in check.subgoals]
+        if as_json:
+            typer.echo(json.dumps({
+                "env": env_name, "task_id": task, "transcript": transcript, "done": done,
+                "score": check.score, "success": check.success, "subgoals": subgoals}))
+            return
+        typer.echo(f"\nscore {check.score:.3f}  success {str(check.success).lower()}  "
+                   f"done {str(done).lower()}")
+        for g in subgoals:
+            typer.echo(f"  [{'x' if g['met'] else ' '}] {g['name']} (weight {g['weight']:g})")
+
+    app.add_typer(env_app, name="env")
+
+
+def _action_text(action: dict[str, Any]) -> str:
+    from branchpoint.sampler.envs.base import tool_call_to_text
+
+    calls = action.get("tool_calls") or []
+    if not calls:
+        return _content(action)
+    out = []
+    for c in calls:
+        fn = c.get("function", {})
+        try:
+            args = json.loads(fn.get("arguments") or "{}")
+        except json.JSONDecodeError:
+            args = {"?": fn.get("arguments")}
+        out.append(tool_call_to_text(fn.get("name", "?"), args if isinstance(args, dict) else {}))
+    return "; ".join(out)
