@@ -239,3 +239,69 @@ async def test_an_unknown_format_or_bad_option_is_refused_before_any_line():
         await lines(log, "dpo", margin=-1.0)
     with pytest.raises(ValueError, match="sources"):
         await lines(log, "dpo", sources=())
+
+
+CHATML = (
+    "{%- if tools %}<|im_start|>system\nTools: {{ tools | tojson }}<|im_end|>\n{% endif %}"
+    "{%- for m in messages %}<|im_start|>{{ m.role }}\n"
+    "{% if m.content %}{{ m.content }}{% endif %}"
+    "{% if m.tool_calls %}{% for c in m.tool_calls %}<tool_call>"
+    "{{ {'name': c.function.name, 'arguments': c.function.arguments} | tojson }}"
+    "</tool_call>{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_tokenizer(texts: list[str]) -> Any:
+    """A byte-level BPE trained on ``texts``, with a ChatML template that renders tools."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", bos_token=None,
+                                   chat_template=CHATML, clean_up_tokenization_spaces=False)
+
+
+@pytest.mark.slow
+async def test_trl_dpo_trains_a_step_on_exported_rows(tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture):
+    import copy
+
+    import torch
+    from datasets import load_dataset
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from trl import DPOConfig, DPOTrainer
+
+    log = await memory_log(*scenario())
+    data = await lines(log, "dpo")
+    f = tmp_path / "dpo.jsonl"
+    f.write_bytes(data)
+    ds = load_dataset("json", data_files=str(f), split="train", cache_dir=str(tmp_path / "c"))
+    tok = tiny_tokenizer([x.decode() for x in data.splitlines()])
+    rendered = tok.apply_chat_template(ds[0]["prompt"] + ds[0]["chosen"], tools=ds[0]["tools"],
+                                       tokenize=False)
+    assert '"arguments": {"path": "notes.txt"}' in rendered
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    args = DPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2,
+                     max_steps=1, learning_rate=1e-3, bf16=False, use_cpu=True,
+                     gradient_checkpointing=False, report_to=[], save_strategy="no",
+                     logging_steps=1, max_length=1024, dataset_num_proc=None)
+    trainer = DPOTrainer(model=model, ref_model=copy.deepcopy(model), args=args,
+                         train_dataset=ds, processing_class=tok)
+    result = trainer.train()
+    assert "not a prefix" not in caplog.text  # prompt tokens line up with prompt + chosen
+    assert result.global_step == 1
+    assert torch.isfinite(torch.tensor(result.training_loss))
+    assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
