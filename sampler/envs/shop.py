@@ -360,6 +360,7 @@ class ShopEnv(ToolEnvironment):
                 self._conn = sqlite3.connect(self.sandbox.db_path, isolation_level=None)
             else:
                 self._conn = sqlite3.connect(":memory:", isolation_level=None)
+            self._write(self.gold().start_bytes)  # so that it is never an empty database
         return self._conn
 
     @property
