@@ -77,12 +77,14 @@ class TreeFilter(msgspec.Struct, frozen=True):
 class EventLog(Protocol):
     """An append-only log of events, shared by recorders, samplers and exporters."""
 
-    async def append(self, events: Sequence[Event], *,
-                     lines: Sequence[int] | None = None) -> AppendResult:
+    async def append(self, events: Sequence[Event], *, lines: Sequence[int] | None = None,
+                     normalized: bool = False) -> AppendResult:
         """Store a batch atomically: all of it, or none.
 
         Events already stored with identical content are skipped. ``lines`` gives each
         event's position in its source for error messages (default: 1-based index).
+        ``normalized=True`` promises that every event comes straight from
+        :func:`~branchpoint.store.events.decode_event` and skips validating it again.
 
         Raises:
             InvalidEvent: the batch breaks a rule; nothing was stored.
@@ -144,10 +146,10 @@ class MemoryEventLog:
         self._trees: dict[str, TreeSummary] = {}
         self._lock = asyncio.Lock()
 
-    async def append(self, events: Sequence[Event], *,
-                     lines: Sequence[int] | None = None) -> AppendResult:
+    async def append(self, events: Sequence[Event], *, lines: Sequence[int] | None = None,
+                     normalized: bool = False) -> AppendResult:
         async with self._lock:
-            events = [normalize(e) for e in events]
+            events = list(events) if normalized else [normalize(e) for e in events]
             fresh, fresh_lines = drop_duplicates(events, self._by_id, lines)
             trees, keys = lookups(fresh)
             known = Known(

@@ -21,7 +21,6 @@ from importlib import resources
 from typing import Any, Final, Protocol
 
 import msgspec
-
 from branchpoint.store.events import (
     CURRENT_VERSION,
     PAYLOAD_TYPES,
@@ -87,27 +86,30 @@ def utc_text(at: datetime) -> str:
 def event_row(ev: Event) -> tuple[Any, ...]:
     """The values of :data:`EVENT_COLUMNS` for one validated event."""
     payload = canonical_payload(ev.payload)
+    at = ev.recorded_at
+    if at.tzinfo is not UTC:
+        at = at.astimezone(UTC)
+    iso = at.isoformat()  # what events.digest() hashes
+    # stored with microseconds always, so that every stored time has the same width
+    stored_at = iso if at.microsecond else f"{iso[:19]}.000000{iso[19:]}"
     # events.digest(), computed here so that the canonical payload is encoded once; a test
     # pins that both agree.
-    h = hashlib.sha256()
-    for part in (ev.event_id, ev.tree_id, ev.type, str(ev.version),
-                 ev.recorded_at.astimezone(UTC).isoformat()):
-        h.update(part.encode())
-        h.update(b"\x00")
-    h.update(payload)
+    head = "\x00".join((ev.event_id, ev.tree_id, ev.type, str(ev.version), iso))
+    d = hashlib.sha256(b"%s\x00%s" % (head.encode(), payload)).hexdigest()
     p: Any = ev.payload
-    node_id = parent_id = done = value = source = reason = None
     t = ev.type
     if t == "node_created":
-        node_id, parent_id = p.node_id, p.parent_id
-    elif t == "action_executed":
-        node_id, done = p.node_id, (None if p.done is None else int(p.done))
-    elif t == "score_assigned":
-        node_id, value, source = p.node_id, p.value, p.source
-    else:
-        reason = p.reason
-    return (ev.event_id, ev.tree_id, t, ev.version, utc_text(ev.recorded_at), node_id,
-            parent_id, done, value, source, reason, h.hexdigest(), payload.decode())
+        return (ev.event_id, ev.tree_id, t, ev.version, stored_at, p.node_id, p.parent_id,
+                None, None, None, None, d, payload.decode())
+    if t == "action_executed":
+        done = p.done
+        return (ev.event_id, ev.tree_id, t, ev.version, stored_at, p.node_id, None,
+                None if done is None else int(done), None, None, None, d, payload.decode())
+    if t == "score_assigned":
+        return (ev.event_id, ev.tree_id, t, ev.version, stored_at, p.node_id, None, None,
+                p.value, p.source, None, d, payload.decode())
+    return (ev.event_id, ev.tree_id, t, ev.version, stored_at, None, None, None, None, None,
+            p.reason, d, payload.decode())
 
 
 def tree_row(ev: Event) -> tuple[Any, ...] | None:

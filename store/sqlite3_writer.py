@@ -16,8 +16,12 @@ from typing import Any
 from branchpoint.store.errors import InvalidEvent, StoreUnavailable
 from branchpoint.store.events import Event, normalize
 from branchpoint.store.log import AppendResult
-from branchpoint.store.sqlbase import SqliteStatements, append_batch, run_migration, \
-    sqlite_migration
+from branchpoint.store.sqlbase import (
+    SqliteStatements,
+    append_batch,
+    run_migration,
+    sqlite_migration,
+)
 
 __all__ = ["Sqlite3Writer"]
 
