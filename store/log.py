@@ -17,8 +17,7 @@ from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 import msgspec
-
-from branchpoint.store.errors import TreeNotFound
+from branchpoint.store.errors import InvalidEvent, TreeNotFound
 from branchpoint.store.events import Event, EventHead, NodeCreated, TreeClosed, digest, normalize
 from branchpoint.store.validation import Known, NodeFacts, check_batch, drop_duplicates, lookups
 
@@ -135,6 +134,22 @@ async def iter_events(log: EventLog, after: int = 0, *, page: int = 1000
         after = batch[-1].seq or after
 
 
+def normalize_batch(events: Sequence[Event], lines: Sequence[int] | None = None
+                    ) -> list[Event]:
+    """:func:`~branchpoint.store.events.normalize` each event of a batch.
+
+    Raises:
+        InvalidEvent: as ``normalize``, located at the event's line (default: 1-based index).
+    """
+    out = []
+    for i, ev in enumerate(events):
+        try:
+            out.append(normalize(ev))
+        except InvalidEvent as exc:
+            raise exc.at(lines[i] if lines is not None else i + 1) from None
+    return out
+
+
 class MemoryEventLog:
     """The event log held in a Python list; same contract as the SQL backends."""
 
@@ -149,7 +164,7 @@ class MemoryEventLog:
     async def append(self, events: Sequence[Event], *, lines: Sequence[int] | None = None,
                      normalized: bool = False) -> AppendResult:
         async with self._lock:
-            events = list(events) if normalized else [normalize(e) for e in events]
+            events = list(events) if normalized else normalize_batch(events, lines)
             fresh, fresh_lines = drop_duplicates(events, self._by_id, lines)
             trees, keys = lookups(fresh)
             known = Known(

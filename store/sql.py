@@ -29,8 +29,8 @@ from typing import Any, Final, TypeVar
 
 from branchpoint.store import sqlbase
 from branchpoint.store.errors import InvalidEvent, StoreUnavailable, TreeNotFound
-from branchpoint.store.events import Event, EventHead, normalize
-from branchpoint.store.log import AppendResult, TreeFilter, TreeSummary
+from branchpoint.store.events import Event, EventHead
+from branchpoint.store.log import AppendResult, TreeFilter, TreeSummary, normalize_batch
 from branchpoint.store.sqlbase import (
     EVENT_COLUMNS,
     EVENT_SELECT,
@@ -320,7 +320,7 @@ class SqlEventLog:
             ConflictingEvent: an ``event_id`` is stored with other content.
             StoreUnavailable: the database cannot be reached or failed.
         """
-        evs = list(events) if normalized else [normalize(e) for e in events]
+        evs = list(events) if normalized else normalize_batch(events, lines)
 
         def work(conn: Connection) -> AppendResult:
             db = _SaExecutor(conn)

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from branchpoint.store.errors import InvalidEvent, StoreUnavailable
-from branchpoint.store.events import Event, normalize
-from branchpoint.store.log import AppendResult
+from branchpoint.store.events import Event
+from branchpoint.store.log import AppendResult, normalize_batch
 from branchpoint.store.sqlbase import (
     SqliteStatements,
     append_batch,
@@ -87,7 +87,7 @@ class Sqlite3Writer:
             ConflictingEvent: an ``event_id`` is stored with other content.
             StoreUnavailable: the database failed or stayed locked.
         """
-        evs = list(events) if normalized else [normalize(e) for e in events]
+        evs = list(events) if normalized else normalize_batch(events, lines)
         try:
             return self._transaction(  # type: ignore[no-any-return]
                 lambda db: append_batch(db, _STATEMENTS, evs, lines))
