@@ -51,7 +51,7 @@ def _register() -> None:
     from branchpoint.cli import ingest
 
     ingest.register(app)
-    for module in ("branchpoint.cli.data", "branchpoint.cli.envs"):
+    for module in ("branchpoint.cli.data", "branchpoint.cli.envs", "branchpoint.cli.demo"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ModuleNotFoundError as exc:

@@ -21,6 +21,7 @@ from branchpoint.store.events import (
     ScoreAssigned,
     TreeClosed,
 )
+from branchpoint.store.pairs import same_action
 
 __all__ = ["TreeRecorder"]
 
@@ -38,7 +39,7 @@ class TreeRecorder:
         self.origin = origin
         self.events: list[Event] = []
         self._clock = clock
-        self._children: dict[str, int] = {}
+        self._children: dict[str, list[tuple[dict[str, Any], str]]] = {}
         self._scores: dict[tuple[str, str], int] = {}
 
     def _add(self, event_id: str, payload: Payload) -> None:
@@ -57,10 +58,19 @@ class TreeRecorder:
              produced_by: dict[str, Any] | None = None, latency_ms: float | None = None,
              info: dict[str, Any] | None = None) -> str:
         """Record a child of ``parent`` taking ``action`` and what the environment answered;
-        returns the new node's id (``PARENT.K`` for the K-th child)."""
-        k = self._children.get(parent, 0)
-        self._children[parent] = k + 1
+        returns the new node's id (``PARENT.K`` for the K-th child).
+
+        An action identical to one already taken from ``parent`` (same content, tool names
+        and parsed arguments) is the same step: its node is returned and nothing new is
+        recorded, so repeated draws deepen one branch instead of adding twin siblings.
+        """
+        siblings = self._children.setdefault(parent, [])
+        for taken, node in siblings:
+            if same_action(taken, action):
+                return node
+        k = len(siblings)
         node = f"{parent}.{k}" if parent != "root" else f"n{k}"
+        siblings.append((action, node))
         self._add(f"{self.tree_id}/{node}", NodeCreated(
             node_id=node, parent_id=parent, action=action, produced_by=produced_by))
         self._add(f"{self.tree_id}/{node}/run", ActionExecuted(

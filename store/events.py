@@ -33,12 +33,12 @@ from datetime import UTC, datetime
 from typing import Any, Final, Literal, NamedTuple
 
 import msgspec
-
 from branchpoint.store.errors import InvalidEvent
 
 __all__ = [
     "CURRENT_VERSION",
     "EVENT_TYPES",
+    "PAYLOAD_TYPES",
     "UPCASTERS",
     "ActionExecuted",
     "Event",
@@ -47,7 +47,6 @@ __all__ = [
     "Payload",
     "ScoreAssigned",
     "TreeClosed",
-    "PAYLOAD_TYPES",
     "canonical_payload",
     "decode_event",
     "decode_lines",

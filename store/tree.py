@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import networkx as nx
-
 from branchpoint.store.errors import InvalidEvent
 from branchpoint.store.events import EventHead
 
@@ -78,8 +77,7 @@ def apply(g: nx.DiGraph, head: EventHead) -> None:
     except KeyError as exc:
         raise InvalidEvent(f"event refers to node {exc.args[0]!r}, not in the tree",
                            field="payload.node_id") from None
-    if head.seq > g.graph["last_seq"]:
-        g.graph["last_seq"] = head.seq
+    g.graph["last_seq"] = max(g.graph["last_seq"], head.seq)
 
 
 def fold(tree_id: str, heads: Iterable[EventHead], into: nx.DiGraph | None = None

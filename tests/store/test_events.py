@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-
 from branchpoint.store import events as ev
 from branchpoint.store.errors import InvalidEvent
 
@@ -162,7 +161,7 @@ def test_encoding_round_trips():
 def test_events_built_in_python_are_checked_like_json():
     bad = ev.Event.of(ev.ScoreAssigned("a", 2.0, "checker"), tree_id="t", event_id="x",
                       recorded_at=datetime(2026, 1, 1, tzinfo=UTC))
-    with pytest.raises(InvalidEvent, match="payload.value"):
+    with pytest.raises(InvalidEvent, match=r"payload\.value"):
         ev.normalize(bad)
 
 
