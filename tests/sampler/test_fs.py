@@ -1,0 +1,197 @@
+"""The fs environment: generated tasks, identical memory and disk backends, the jail."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from branchpoint.sampler.envs.fs import DIFFICULTIES, FsEnv, make_task
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.sampler.actions import realize, specs
+
+SETTINGS = settings(max_examples=40, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow,
+                                           HealthCheck.function_scoped_fixture])
+
+
+def text(line: str) -> dict:
+    return {"role": "assistant", "content": line}
+
+
+def play(env: FsEnv, lines: list[str]) -> list[str]:
+    env.reset()
+    return [env.step(text(line)).observation[0]["content"] for line in lines]
+
+
+@pytest.mark.parametrize("difficulty", DIFFICULTIES)
+def test_tasks_are_deterministic_and_have_at_least_three_subgoals(difficulty):
+    for task_id in range(50):
+        a, b = make_task(task_id, difficulty), make_task(task_id, difficulty)
+        assert a.files == b.files
+        assert a.prompt() == b.prompt()
+        with FsEnv(task_id, difficulty=difficulty) as env:
+            env.reset()
+            check = env.check()
+            assert len(check.subgoals) >= 4
+            assert 0 < check.score < 1  # untouched: only "intact" holds
+
+
+def test_an_unknown_difficulty_or_option_is_refused():
+    with pytest.raises(ValueError, match="difficulty"):
+        FsEnv(0, difficulty="insane")
+    with pytest.raises(ValueError, match="unknown fs options"):
+        FsEnv(0, colour="red")
+
+
+def test_the_tools_answer_compactly():
+    env = FsEnv(3)
+    out = play(env, ["ls /", "cd notes", "ls", "cat new/draw.txt", "find code 650",
+                     "mkdir /green", "mkdir /green", "mv new/draw.txt /green",
+                     "cd ../..", "ls ../../..", "write /x/y.txt hi", "cat /green"])
+    assert out[0] == "data/\nnotes/\nsrc/"
+    assert out[1] == "/notes"
+    assert out[2] == "list.txt\nnew/\nnote.txt\nreport.txt"
+    assert out[3] == "tag gold\ncode 650\nowner cy\nsize 7"
+    assert out[4] == "/notes/new/draw.txt"
+    assert out[5:8] == ["created /green", "error: /green exists",
+                        "moved /notes/new/draw.txt to /green/draw.txt"]
+    assert out[8] == "/"
+    assert out[9] == "data/\ngreen/\nnotes/\nsrc/"
+    assert out[10] == "error: no such folder: /x"
+    assert out[11] == "error: /green is a folder"
+
+
+def test_write_turns_backslash_n_into_new_lines_in_both_syntaxes():
+    env = FsEnv(1)
+    play(env, [r"write /a.txt one\ntwo", 'write /b.txt "one\\ntwo"'])
+    assert env.state()["/a.txt"] == env.state()["/b.txt"] == "one\ntwo"
+
+
+@SETTINGS
+@given(task=st.integers(0, 300), difficulty=st.sampled_from(DIFFICULTIES),
+       actions=st.lists(specs, max_size=15))
+def test_memory_and_disk_backends_behave_identically(task, difficulty, actions):
+    with FsEnv(task, difficulty=difficulty) as mem, \
+            FsEnv(task, difficulty=difficulty, backend="disk") as disk:
+        start = mem.reset()
+        assert disk.reset() == start
+        messages = list(start.messages)
+        for spec in actions:
+            action = realize(spec, mem, start.tools, messages)
+            a, b = mem.step(action), disk.step(action)
+            assert a == b
+            messages += [action, *a.observation]
+        assert mem.state() == disk.state()
+        assert mem.check() == disk.check()
+
+
+HOSTILE = ["..", "../..", "/..", "/../..", "link", "link/secret.txt", "/link/../link",
+           "deep/../../link", "~", "/etc/passwd", "../outside", "./.././link/x", "a\x00b",
+           "C:\\x", "%2e%2e", "...", "link/", "/", "."]
+
+
+@pytest.fixture
+def jail(tmp_path):
+    """A disk fs with a planted symbolic link to a folder outside its sandbox."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("SECRET")
+    env = FsEnv(5, backend="disk")
+    env.reset()
+    os.symlink(outside, env.sandbox.path / "link")
+    os.symlink(outside / "secret.txt", env.sandbox.path / "docs" / "s.txt")
+    yield env, outside
+    env.close()
+
+
+def _outside_listing(outside):
+    return sorted((p.name, p.read_text()) for p in outside.iterdir())
+
+
+@SETTINGS
+@given(tool=st.sampled_from(["ls", "cd", "cat", "find", "mkdir", "mv", "write"]),
+       a=st.sampled_from(HOSTILE), b=st.sampled_from([*HOSTILE, "docs/s.txt", "docs/x"]))
+def test_hostile_paths_never_escape_the_sandbox(jail, tool, a, b):
+    env, outside = jail
+    before = _outside_listing(outside)
+    args = {"ls": {"path": a}, "cd": {"path": a}, "cat": {"path": b}, "find": {"text": "SEC"},
+            "mkdir": {"path": f"{a}/{b}"}, "mv": {"src": b, "dst": a},
+            "write": {"path": b, "text": "pwned"}}[tool]
+    for path in (a, b):
+        env.step({"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
+                  "function": {"name": "cd", "arguments": f'{{"path": "{path}"}}'
+                               if '"' not in path and "\\" not in path else "{}"}}]})
+    import json
+
+    res = env.step({"role": "assistant", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": tool,
+                                                     "arguments": json.dumps(args)}}]})
+    assert "SECRET" not in json.dumps(res.observation)
+    assert _outside_listing(outside) == before
+    # Every regular file on disk is one the environment knows, inside its root.
+    real = set()
+    for here, _, names in os.walk(env.sandbox.path):
+        for n in names:
+            full = os.path.join(here, n)
+            if not os.path.islink(full):
+                real.add("/" + os.path.relpath(full, env.sandbox.path))
+    assert real == set(env.state())
+
+
+def test_links_are_refused_by_name(jail):
+    env, _ = jail
+    for line, expected in [("cat /link/secret.txt", "error: /link is a link; links are not "
+                            "followed"),
+                           ("cat /docs/s.txt", "error: /docs/s.txt is a link; links are not "
+                            "followed"),
+                           ("write /link/new.txt x", "error: /link is a link; links are not "
+                            "followed"),
+                           ("find SECRET", "no match")]:
+        assert env.step(text(line)).observation[0]["content"] == expected
+    assert "link" not in env.step(text("ls /")).observation[0]["content"]
+
+
+def test_dot_dot_and_absolute_paths_stay_at_the_jail_root():
+    with FsEnv(2, backend="disk") as env:
+        out = play(env, ["write ../../../escape.txt x", "write /../../escape2.txt y",
+                         "ls /"])
+        assert out[:2] == ["wrote /escape.txt", "wrote /escape2.txt"]
+        assert (env.sandbox.path / "escape.txt").read_text() == "x"
+        assert not (env.sandbox.path.parent / "escape.txt").exists()
+
+
+def test_closing_a_disk_environment_removes_its_directory():
+    env = FsEnv(1, backend="disk")
+    env.reset()
+    path = env.sandbox.path
+    assert path.is_dir()
+    env.close()
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("difficulty", DIFFICULTIES)
+def test_the_expert_solves_tasks_in_text_syntax_too(difficulty):
+    for task_id in range(20):
+        with FsEnv(task_id, difficulty=difficulty) as env:
+            messages = list(env.reset().messages)
+            expert = env.expert(text=True)
+            while not env.done:
+                action = expert.act(messages)
+                assert "tool_calls" not in action
+                messages += [action, *env.step(action).observation]
+            assert env.check().score == 1.0
+
+
+def test_the_expert_needs_at_least_four_steps_and_never_peeks():
+    with FsEnv(7) as env:
+        messages = list(env.reset().messages)
+        expert = env.expert()
+        first = expert.act(messages)
+        # With only the opening messages it can do nothing but explore.
+        assert first["tool_calls"][0]["function"]["name"] == "find"
+        while not env.done:
+            action = expert.act(messages)
+            messages += [action, *env.step(action).observation]
+        assert env.steps >= 6
