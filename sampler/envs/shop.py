@@ -37,6 +37,7 @@ over the total weight, clipped to [0, 1]. Success needs every sub-goal and no su
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sqlite3
@@ -55,6 +56,7 @@ from branchpoint.sampler.envs.base import (
 from branchpoint.sampler.envs.shop_data import (
     CATALOG,
     REFUND_WINDOW_DAYS,
+    Difficulty,
     ShopTask,
     dollars,
     make_task,
@@ -312,6 +314,29 @@ class _Gold:
     start_bytes: bytes
 
 
+@functools.lru_cache(maxsize=256)
+def _gold(task_id: int, difficulty: Difficulty) -> _Gold:
+    """Build the start database, apply the gold calls to a copy, note what each changed.
+    Cached: forks and replays of a task build fresh environments of it again and again."""
+    spec = make_task(task_id, difficulty)
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        _build(conn, spec)
+        start_bytes = conn.serialize()
+        start_rows = _rows(conn)
+        api, before, touched = _Api(conn), start_rows, []
+        for request in spec.requests:
+            for name, args in request.gold:
+                api.change(name, args)
+                after = _rows(conn)
+                touched.append(frozenset(k for k in after.keys() | before.keys()
+                                         if after.get(k) != before.get(k)))
+                before = after
+        return _Gold(start_rows, before, canonical_hash(conn), tuple(touched), start_bytes)
+    finally:
+        conn.close()
+
+
 class ShopEnv(ToolEnvironment):
     """A customer-support task over a real SQLite database (see the module docstring).
 
@@ -358,6 +383,8 @@ class ShopEnv(ToolEnvironment):
             if self.backend == "disk":
                 self.sandbox = SqliteSandbox(prefix="bp-shop-")
                 self._conn = sqlite3.connect(self.sandbox.db_path, isolation_level=None)
+                # A branch's sandbox need not survive a power cut: skip the fsyncs.
+                self._conn.execute("PRAGMA synchronous = OFF")
             else:
                 self._conn = sqlite3.connect(":memory:", isolation_level=None)
             self._write(self.gold().start_bytes)  # so that it is never an empty database
@@ -379,25 +406,9 @@ class ShopEnv(ToolEnvironment):
             src.close()
 
     def gold(self) -> _Gold:
-        """The start state and the expected end state (built once per environment)."""
+        """The start state and the expected end state of this task."""
         if self._gold is None:
-            conn = sqlite3.connect(":memory:", isolation_level=None)
-            try:
-                _build(conn, self.spec)
-                start_bytes = conn.serialize()
-                start_rows = _rows(conn)
-                api, before, touched = _Api(conn), start_rows, []
-                for request in self.spec.requests:
-                    for name, args in request.gold:
-                        api.change(name, args)
-                        after = _rows(conn)
-                        touched.append(frozenset(k for k in after.keys() | before.keys()
-                                                 if after.get(k) != before.get(k)))
-                        before = after
-                self._gold = _Gold(start_rows, before, canonical_hash(conn), tuple(touched),
-                                   start_bytes)
-            finally:
-                conn.close()
+            self._gold = _gold(self.task_id, self.difficulty)
         return self._gold
 
     def expected_hash(self) -> str:

@@ -20,6 +20,7 @@ __all__ = [
     "CATALOG",
     "DIFFICULTIES",
     "REFUND_WINDOW_DAYS",
+    "Difficulty",
     "Request",
     "ShopTask",
     "dollars",
