@@ -481,3 +481,25 @@ def test_replay_stops_at_the_step_whose_observation_was_changed(envs):
     with pytest.raises(ReplayDivergence) as err:
         replay(envs(9, difficulty="hard"), steps)
     assert err.value.step == 3
+
+
+def test_a_request_about_someone_elses_order_must_be_refused(envs):
+    task_id = find_task(lambda s: len(s.requests) == 2
+                        and s.requests[1].facts == ("not on your account",), "hard")
+    right, wrong = envs(task_id, difficulty="hard"), envs(task_id, difficulty="hard")
+    play(right)
+    assert right.check().success
+    foreign = right.spec.requests[1]
+    assert next(o for o in right.spec.orders if o.id == foreign.order_id).customer_id != \
+        right.spec.customer_id
+    # The same conversation, but the agent also does what the stranger's order request asked.
+    change = {"cancel": "cancel_order", "refund": "refund_order"}.get(foreign.kind)
+    args: dict[str, Any] = {"order_id": foreign.order_id}
+    if change is None:
+        change, args["address"] = "update_address", "1 Nowhere St, Ashford"
+    wrong.reset()
+    for action, _ in right.history[:-1]:
+        wrong.step(action)
+    wrong.step(call(change, args))
+    wrong.step(say("done"))
+    assert not wrong.check().success and wrong.check().score < right.check().score
