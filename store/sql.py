@@ -426,12 +426,18 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves, below
-        cur = dbapi_connection.cursor()
-        cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        cur.execute("PRAGMA journal_mode = WAL")
-        cur.execute("PRAGMA synchronous = NORMAL")
-        cur.close()
+        try:
+            dbapi_connection.isolation_level = None  # we emit BEGIN ourselves, below
+            cur = dbapi_connection.cursor()
+            cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            cur.execute("PRAGMA journal_mode = WAL")
+            cur.execute("PRAGMA synchronous = NORMAL")
+            cur.close()
+        except Exception:
+            # e.g. "file is not a database": the pool drops this connection without
+            # closing it, which would leave aiosqlite's thread behind
+            dbapi_connection.close()
+            raise
 
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(conn: Connection) -> None:
