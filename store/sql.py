@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from branchpoint.store import sqlbase
@@ -236,6 +237,10 @@ class SqlEventLog:
         if backend == "sqlite":
             if not u.database or u.database == ":memory:":
                 raise ValueError("a SQLite store needs a file: sqlite:///path/to/file.db")
+            folder = Path(u.database).parent
+            if not folder.is_dir():
+                # checked here: a failed connect leaves aiosqlite's thread racing the loop
+                raise StoreUnavailable(f"cannot open {u.database}: no folder {folder}")
             engine = create_async_engine(u.set(drivername="sqlite+aiosqlite"),
                                          connect_args={"timeout": BUSY_TIMEOUT_S})
             _install_sqlite_hooks(engine)
