@@ -75,7 +75,7 @@ class _SaExecutor:
         self._conn.exec_driver_sql(sql, tuple(params))
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        self._conn.exec_driver_sql(sql, list(rows))  # type: ignore[arg-type]
+        self._conn.exec_driver_sql(sql, list(rows))
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------
@@ -144,10 +144,11 @@ class PgStatements:
         return db.fetchall("SELECT max(seq) FROM events")[0][0]  # type: ignore[no-any-return]
 
     def stored(self, db: Executor, event_ids: Sequence[str]) -> list[Sequence[Any]]:
-        return db.fetchall(
+        rows: list[Sequence[Any]] = db.fetchall(
             "SELECT event_id, digest, CASE WHEN digest IS NULL THEN seq END, event_id, "
             "tree_id, type, version, recorded_at, CASE WHEN digest IS NULL THEN payload END "
             "FROM events WHERE event_id = ANY($1::text[])", (list(event_ids),))
+        return rows
 
     def roots(self, db: Executor, tree_ids: Sequence[str]) -> set[str]:
         rows = db.fetchall("SELECT tree_id FROM trees WHERE tree_id = ANY($1::text[])",
@@ -156,11 +157,12 @@ class PgStatements:
 
     def _keys(self, db: Executor, keys: Sequence[tuple[str, str]], what: str, type_: str
               ) -> list[Any]:
-        return db.fetchall(
+        rows: list[Any] = db.fetchall(
             f"SELECT e.tree_id, e.node_id, {what} FROM events e "
             f"JOIN {_unnest(['t', 'n'], ['text', 'text'])} "
             f"ON e.tree_id = k.t AND e.node_id = k.n WHERE e.type = '{type_}'",
             ([k[0] for k in keys], [k[1] for k in keys]))
+        return rows
 
     def created(self, db: Executor, keys: Sequence[tuple[str, str]]
                 ) -> list[tuple[str, str, bool]]:

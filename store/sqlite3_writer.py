@@ -89,7 +89,7 @@ class Sqlite3Writer:
         """
         evs = list(events) if normalized else normalize_batch(events, lines)
         try:
-            return self._transaction(  # type: ignore[no-any-return]
+            return self._transaction(
                 lambda db: append_batch(db, _STATEMENTS, evs, lines))
         except sqlite3.IntegrityError as exc:
             # Only a writer that skipped BEGIN IMMEDIATE can race us past validation.
