@@ -156,6 +156,11 @@ def register(app: typer.Typer) -> None:
                     os.replace(tmp, out)
                 finally:
                     tmp.unlink(missing_ok=True)
+        except BrokenPipeError:
+            # `export | head` closed the pipe: the reader's choice, not an error. Point
+            # stdout at /dev/null so the flush at exit does not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(0) from None
         except (BranchpointError, ValueError, OSError) as exc:
             raise fail(str(exc)) from None
         typer.echo(f"exported {count} {fmt.value} rows", err=True)

@@ -137,3 +137,32 @@ def test_an_unwritable_out_file_exits_1(db: str, tmp_path: Path):
 def test_each_command_has_help(command: str):
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0 and "--db" in result.stdout
+
+
+@pytest.mark.slow
+def test_a_reader_that_stops_early_ends_the_export_quietly(tmp_path: Path):
+    import subprocess
+    import sys
+
+    from tests.store.builders import two_step_tree
+
+    url = f"sqlite:///{tmp_path / 'many.db'}"
+
+    async def fill() -> None:
+        log = await open_log(url)
+        for i in range(300):  # far more than a pipe buffer of steps
+            await log.append(two_step_tree(f"t{i}").events)
+        await log.close()
+
+    asyncio.run(fill())
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from branchpoint.cli.main import main; main()",
+         "export", "steps", "--db", url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert json.loads(proc.stdout.readline())["tree_id"] == "t0"
+    proc.stdout.close()  # what `| head -1` does
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 0
+    assert b"error" not in err.lower()
