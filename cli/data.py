@@ -86,7 +86,8 @@ async def _stats(db: str, options: Any) -> dict[str, Any]:
 
     log = await open_log(db)
     try:
-        return await compute_stats(log, options)
+        stats: dict[str, Any] = await compute_stats(log, options)
+        return stats
     finally:
         await log.close()
 

@@ -162,8 +162,10 @@ class TreeView:
         return out
 
     def own_score(self, node: str) -> float | None:
-        return own_score(self.graph.nodes[node]["scores"], sources=self.options.sources,
-                         judge_weight=self.options.judge_weight)
+        score: float | None = own_score(self.graph.nodes[node]["scores"],
+                                        sources=self.options.sources,
+                                        judge_weight=self.options.judge_weight)
+        return score
 
     def message(self, m: Message) -> Message:
         """``m`` as exported: tool-call arguments as objects unless asked otherwise."""
@@ -175,8 +177,7 @@ class TreeView:
 
 def _call_with_object(call: Any) -> Any:
     fn = call.get("function") if isinstance(call, dict) else None
-    raw = fn.get("arguments") if isinstance(fn, dict) else None
-    if not isinstance(raw, str):
+    if not isinstance(fn, dict) or not isinstance(raw := fn.get("arguments"), str):
         return call
     try:
         parsed = msgspec.json.decode(raw)
@@ -297,7 +298,8 @@ _PER_TREE = {"dpo": _dpo, "steps": _steps, "sft": _sft, "stepwise": _stepwise}
 
 
 async def _trees(log: EventLog, options: ExportOptions) -> list[TreeSummary]:
-    return await log.list_trees(TreeFilter(env=options.env))
+    trees: list[TreeSummary] = await log.list_trees(TreeFilter(env=options.env))
+    return trees
 
 
 async def export_lines(log: EventLog, fmt: str, options: ExportOptions | None = None
