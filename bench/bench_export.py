@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import events_per_tree, synthetic_events
+
 from branchpoint.store.sqlite3_writer import Sqlite3Writer
 
 TARGET_BYTES = 500 * 10**6

@@ -35,6 +35,7 @@ import networkx as nx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import events_per_tree, synthetic_events
+
 from branchpoint.store.events import EventHead
 from branchpoint.store.sql import SqlEventLog
 from branchpoint.store.sqlbase import HEAD_SELECT, head_from_row

@@ -26,6 +26,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import events_per_tree, synthetic_events
+
 from branchpoint.store.events import decode_event, encode_event
 from branchpoint.store.sql import SqlEventLog
 from branchpoint.store.sqlbase import EVENT_COLUMNS, event_row

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
 import typer
+
 from branchpoint.cli.main import DbOption, fail
 from branchpoint.store.errors import BranchpointError
 from branchpoint.store.pairs import DEFAULT_MARGIN

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from branchpoint.cli.main import fail
 from branchpoint.store.errors import BranchpointError
 
@@ -17,11 +18,12 @@ class Policy(StrEnum):
 
 
 async def _run(db: str, out: Path, config: object, quiet: bool) -> None:
+    from rich.progress import Progress
+
     from branchpoint.cli.data import _table
     from branchpoint.sampler.demo import DemoConfig, histogram, run_demo
     from branchpoint.store.exports import ExportOptions, compute_stats, export_lines
     from branchpoint.store.log import open_log
-    from rich.progress import Progress
 
     assert isinstance(config, DemoConfig)
     log = await open_log(db)

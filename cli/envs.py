@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
 from branchpoint.cli.main import fail
 from branchpoint.store.errors import UnknownEnvironment
 

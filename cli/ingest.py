@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, BinaryIO
 
 import typer
+
 from branchpoint.cli.main import DbOption, fail
 from branchpoint.store.errors import BranchpointError, InvalidEvent
 from branchpoint.store.events import Event, decode_event

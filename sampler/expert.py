@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
+
 from branchpoint.sampler.envs.base import (
     Message,
     ToolCall,

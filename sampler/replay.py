@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
+
 from branchpoint.sampler.envs.base import Environment, Message, StepResult
 from branchpoint.store.errors import ReplayDivergence
 

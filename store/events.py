@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, Literal, NamedTuple
 
 import msgspec
+
 from branchpoint.store.errors import InvalidEvent
 
 __all__ = [

@@ -57,6 +57,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 import networkx as nx
+
 from branchpoint.store.events import ActionExecuted, Event, NodeCreated
 from branchpoint.store.log import EventLog, TreeFilter, TreeSummary
 from branchpoint.store.pairs import DEFAULT_MARGIN, TOLERANCE, Counts, extract_pairs

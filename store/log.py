@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 import msgspec
+
 from branchpoint.store.errors import InvalidEvent, TreeNotFound
 from branchpoint.store.events import Event, EventHead, NodeCreated, TreeClosed, digest, normalize
 from branchpoint.store.validation import Known, NodeFacts, check_batch, drop_duplicates, lookups

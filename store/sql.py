@@ -28,6 +28,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
 from branchpoint.store import sqlbase
 from branchpoint.store.errors import InvalidEvent, StoreUnavailable, TreeNotFound
 from branchpoint.store.events import Event, EventHead
@@ -47,10 +52,6 @@ from branchpoint.store.sqlbase import (
     summary_from_row,
     utc_text,
 )
-from sqlalchemy import event
-from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 __all__ = ["SqlEventLog"]
 

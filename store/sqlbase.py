@@ -21,6 +21,7 @@ from importlib import resources
 from typing import Any, Final, Protocol
 
 import msgspec
+
 from branchpoint.store.events import (
     CURRENT_VERSION,
     PAYLOAD_TYPES,

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import networkx as nx
+
 from branchpoint.store.errors import InvalidEvent
 from branchpoint.store.events import EventHead
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
-from branchpoint.cli.main import app
 from typer.testing import CliRunner
+
+from branchpoint.cli.main import app
 
 runner = CliRunner()
 

@@ -14,7 +14,6 @@ pytest.importorskip("branchpoint.store.sql")
 from branchpoint.cli.main import app
 from branchpoint.store.exports import ExportOptions, compute_stats
 from branchpoint.store.log import open_log
-
 from tests.store.test_core_exports import CASES, GOLDEN, scenario
 
 runner = CliRunner()

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from typer.testing import CliRunner
+
 from branchpoint.cli.main import app
 from branchpoint.store.events import encode_event
 from branchpoint.store.log import open_log
-from typer.testing import CliRunner
-
 from tests.store.test_log_contract import Tree, small_tree
 
 runner = CliRunner()

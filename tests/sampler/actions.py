@@ -13,9 +13,10 @@ import json
 import re
 from typing import Any
 
+from hypothesis import strategies as st
+
 from branchpoint.sampler.envs.base import Environment, Message, tool_call_to_text
 from branchpoint.sampler.envs.registry import list_envs, make_env
-from hypothesis import strategies as st
 
 KINDS = ("call", "call", "call", "text", "text", "expert", "expert", "bad_json",
          "unknown_tool", "wrong_type", "extra_arg", "missing", "garbage", "multi", "not_a_dict")

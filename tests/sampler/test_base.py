@@ -6,6 +6,9 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from branchpoint.sampler.envs.base import (
     Outcome,
     SubGoal,
@@ -21,8 +24,6 @@ from branchpoint.sampler.envs.base import (
     tasks_in_split,
     tool_call_to_text,
 )
-from hypothesis import given
-from hypothesis import strategies as st
 
 TOOLS = [
     function_tool("ls", "list", {"path": {"type": "string"}}, required=[]),

@@ -4,6 +4,7 @@ mistakes a spread of partial scores (what makes step-level pairs possible)."""
 from __future__ import annotations
 
 import pytest
+
 from branchpoint.sampler.envs.base import tasks_in_split
 from branchpoint.sampler.envs.registry import list_envs, make_env
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 
+from typer.testing import CliRunner
+
 from branchpoint.cli.main import app
 from branchpoint.sampler.demo import DemoConfig, grow_tree, run_demo
 from branchpoint.store.exports import ExportOptions, compute_stats, export_lines
 from branchpoint.store.log import MemoryEventLog, open_log
 from branchpoint.store.tree import fold
-from typer.testing import CliRunner
 
 
 def test_a_demo_tree_branches_at_forks_and_scores_every_leaf():

@@ -4,11 +4,11 @@ copy of the state at the fork point."""
 from __future__ import annotations
 
 import pytest
-from branchpoint.sampler.envs.registry import make_env
-from branchpoint.sampler.fork import Sandbox, SqliteSandbox, copy_database, fork
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from branchpoint.sampler.envs.registry import make_env
+from branchpoint.sampler.fork import Sandbox, SqliteSandbox, copy_database, fork
 from tests.sampler.actions import env_variants, realize, specs, state_of
 
 VARIANTS = env_variants()

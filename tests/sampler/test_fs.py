@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 
 import pytest
-from branchpoint.sampler.envs.fs import DIFFICULTIES, FsEnv, make_task
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from branchpoint.sampler.envs.fs import DIFFICULTIES, FsEnv, make_task
 from tests.sampler.actions import realize, specs
 
 SETTINGS = settings(max_examples=40, deadline=None,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import copy
 
 import pytest
-from branchpoint.sampler.envs.registry import make_env
-from branchpoint.sampler.replay import RecordedStep, replay, replay_fork
-from branchpoint.store.errors import ReplayDivergence
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from branchpoint.sampler.envs.registry import make_env
+from branchpoint.sampler.replay import RecordedStep, replay, replay_fork
+from branchpoint.store.errors import ReplayDivergence
 from tests.sampler.actions import env_variants, realize, specs, state_of
 
 VARIANTS = env_variants()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from branchpoint.sampler.envs.base import Message, StepResult, tasks_in_split
 from branchpoint.sampler.envs.shop import TOOLS, ShopEnv, canonical_hash
 from branchpoint.sampler.envs.shop_data import ShopTask, make_task

@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 import networkx as nx
+
 from branchpoint.store.events import (
     ActionExecuted,
     Event,

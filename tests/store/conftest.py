@@ -17,6 +17,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+
 from branchpoint.store.log import EventLog, open_log
 
 PG_DEFAULT = "postgresql://postgres@127.0.0.1:5432/test"

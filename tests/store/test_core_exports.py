@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from branchpoint.store.exports import FORMATS, ExportOptions, compute_stats, export_lines
 from branchpoint.store.log import MemoryEventLog
-
 from tests.store.builders import TOOLS, TreeBuilder, action, call, memory_log, two_step_tree
 
 GOLDEN = Path(__file__).parent / "golden"

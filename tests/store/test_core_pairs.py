@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
 from branchpoint.store.pairs import DEFAULT_MARGIN, Pair, extract_pairs, same_action, scan
 from branchpoint.store.values import node_values
-
 from tests.store.builders import TreeBuilder, action, call, graph_of, two_step_tree
 
 

@@ -10,14 +10,14 @@ from typing import Any
 
 import msgspec
 import networkx as nx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from branchpoint.store.events import Event, NodeCreated
 from branchpoint.store.exports import ExportOptions, export_lines
 from branchpoint.store.pairs import TOLERANCE, extract_pairs, same_action
 from branchpoint.store.tree import apply, fold, new_tree
 from branchpoint.store.values import node_values
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from tests.store.builders import TreeBuilder, action, call, memory_log
 
 SETTINGS = settings(max_examples=120, deadline=None,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
 from branchpoint.store.tree import fold
 from branchpoint.store.values import node_values, own_score
-
 from tests.store.builders import TreeBuilder, graph_of, sequenced, two_step_tree
 
 

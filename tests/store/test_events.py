@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+
 from branchpoint.store import events as ev
 from branchpoint.store.errors import InvalidEvent
 

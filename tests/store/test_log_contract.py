@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 import pytest
+
 from branchpoint.store.errors import ConflictingEvent, InvalidEvent, TreeNotFound
 from branchpoint.store.events import (
     ActionExecuted,

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import msgspec
 import pytest
+
 from branchpoint.store.errors import ConflictingEvent
 from branchpoint.store.events import canonical_payload, normalize
 from branchpoint.store.log import TreeFilter, open_log
 from branchpoint.store.sqlbase import SCHEMA_VERSION
 from branchpoint.store.sqlite3_writer import Sqlite3Writer
-
 from tests.store.test_log_contract import Tree
 
 # The schema before ``digest`` and ``reason`` existed, before ``trees``, ``schema_version``

@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from branchpoint.store import sqlbase
 from branchpoint.store.errors import InvalidEvent, StoreUnavailable, TreeNotFound
 from branchpoint.store.events import Event
 from branchpoint.store.log import open_log
 from branchpoint.store.sql import SqlEventLog
-
 from tests.store.test_log_contract import Tree, small_tree
 
 ROOT = Path(__file__).resolve().parents[2]
