@@ -35,6 +35,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	bash scripts/typecheck.sh
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info runs
