@@ -115,7 +115,7 @@ def copy_database(source: sqlite3.Connection | Path | str, target: Path | str) -
     with sqlite3's online backup API: a consistent copy even while the source is open,
     uncommitted changes aside."""
     own = not isinstance(source, sqlite3.Connection)
-    src = sqlite3.connect(source) if own else source  # type: ignore[arg-type]
+    src = source if isinstance(source, sqlite3.Connection) else sqlite3.connect(source)
     try:
         dst = sqlite3.connect(target)
         try:
@@ -141,12 +141,12 @@ class SqliteSandbox(Sandbox):
         self.db_path = self.path / self.filename
 
     @classmethod
-    def copy_of(cls, source: Sandbox | Path | sqlite3.Connection) -> SqliteSandbox:  # type: ignore[override]
+    def copy_of(cls, source: Sandbox | Path | sqlite3.Connection) -> SqliteSandbox:
         box = cls()
         copy_database(_db_source(source), box.db_path)
         return box
 
-    def replace_with(self, source: Sandbox | Path | sqlite3.Connection) -> None:  # type: ignore[override]
+    def replace_with(self, source: Sandbox | Path | sqlite3.Connection) -> None:
         """Overwrite this sandbox's database with a copy of ``source`` (close connections
         to it first or they see the new contents mid-transaction)."""
         copy_database(_db_source(source), self.db_path)

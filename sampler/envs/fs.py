@@ -152,8 +152,8 @@ def make_task(task_id: int, difficulty: str = "medium") -> FsTask:
     codes = rng.sample(range(100, 1000), len(paths))
     others = [t for t in TAGS if t != tag]
     files: dict[Path_, str] = {}
-    for p, code in zip(paths, codes, strict=True):
-        lines = [f"tag {tag if p in to_move else rng.choice(others)}", f"code {code}",
+    for p, number in zip(paths, codes, strict=True):
+        lines = [f"tag {tag if p in to_move else rng.choice(others)}", f"code {number}",
                  f"owner {rng.choice(OWNERS)}"]
         if rng.random() < 0.5:
             lines.append(f"size {rng.randint(1, 99)}")
@@ -552,6 +552,7 @@ class FsEnv(ToolEnvironment):
         spec, files = self.spec, self.tree.all_files()
         goals: list[SubGoal] = []
         involved = {*spec.to_move, spec.target}
+        dest: Path_
         for p in spec.to_move:
             dest = (*spec.folder, p[-1])
             goals.append(SubGoal(f"moved {p[-1]}", 1.0,
@@ -641,7 +642,7 @@ class FsExpert(Expert):
         waste: tuple[str, dict[str, Any]] = (
             ("find", {"text": f"tag {rng.choice([t for t in TAGS if t != tag])}"})
             if rng.random() < 0.5 else ("ls", {"path": "/"}))
-        early = ("submit", {})
+        early: tuple[str, dict[str, Any]] = ("submit", {})
         tag_q, code_q = f"tag {tag}", f"code {code}"
         steps: list[tuple[tuple[str, dict[str, Any]], tuple[str, dict[str, Any]] | None]] = []
         if tag_q not in found:

@@ -512,8 +512,8 @@ class ShopEnv(ToolEnvironment):
         unexpected = [k for k in final.keys() | gold.start_rows.keys()
                       if k not in expected and final.get(k) != gold.start_rows.get(k)]
         total = sum(g.weight for g in goals)
-        met = sum(g.weight for g in goals if g.met) - 1.0 * len(unexpected)
-        score = min(1.0, max(0.0, met / total))
+        earned = sum(g.weight for g in goals if g.met) - 1.0 * len(unexpected)
+        score = min(1.0, max(0.0, earned / total))
         success = all(g.met for g in goals) and not unexpected
         return Check(score=round(score, 6), success=success, subgoals=goals)
 
