@@ -70,3 +70,13 @@ async def test_demo_trees_land_in_sqlite_like_in_memory(tmp_path):
         assert all(t.closed == "done" for t in trees)
     finally:
         await log.close()
+
+
+async def test_the_demo_trains_on_training_tasks_only():
+    from branchpoint.sampler.envs.base import split_of
+
+    log = MemoryEventLog()
+    await run_demo(log, DemoConfig(tasks=30, branch_points=0))
+    task_ids = [t.task_id for t in await log.list_trees()]
+    assert len(task_ids) == 60
+    assert {split_of(int(t)) for t in task_ids} == {"train"}
