@@ -327,20 +327,27 @@ async def export_lines(log: EventLog, fmt: str, options: ExportOptions | None = 
 
 
 async def _trajectory_pairs(log: EventLog, options: ExportOptions) -> AsyncIterator[bytes]:
-    tasks: dict[tuple[str, str], list[str]] = {}
-    for s in await _trees(log, options):
-        tasks.setdefault((s.env, str(s.task_id)), []).append(s.tree_id)
-    for tree_ids in tasks.values():
-        # Pass 1 ranks the episodes from heads only; pass 2 reads the payloads of the
-        # trees that are paired, so a task's trees are never all in memory at once.
-        episodes: list[tuple[float, int, int, str, str]] = []
-        for index, tree_id in enumerate(tree_ids):
-            g = fold(tree_id, await log.read_heads(tree_id))
-            values = node_values(g, reduce=options.value, sources=options.sources,
-                                 judge_weight=options.judge_weight)
-            for n in g.nodes:
-                if g.out_degree(n) == 0 and n in values and n != g.graph["root"]:
-                    episodes.append((values[n], index, g.nodes[n]["seq"], tree_id, n))
+    # Pass 1 ranks the episodes from heads only, every tree in one bulk read; pass 2 reads
+    # the payloads of the trees that are paired, so a task's trees are never all in memory
+    # at once (only their episodes, a few scalars per leaf).
+    tasks: dict[tuple[str, str], list[tuple[float, int, int, str, str]]] = {}
+    trees_of_task: dict[tuple[str, str], int] = {}
+    task_of = {s.tree_id: (s.env, str(s.task_id)) for s in await _trees(log, options)}
+    async for tree_id, heads in log.iter_heads(TreeFilter(env=options.env)):
+        key = task_of.get(tree_id)
+        if key is None:  # a tree whose root was stored after the listing above
+            continue
+        index = trees_of_task.get(key, 0)
+        trees_of_task[key] = index + 1
+        episodes = tasks.setdefault(key, [])
+        g = fold(tree_id, heads)
+        values = node_values(g, reduce=options.value, sources=options.sources,
+                             judge_weight=options.judge_weight)
+        for n in g.nodes:
+            if g.out_degree(n) == 0 and n in values and n != g.graph["root"]:
+                episodes.append((values[n], index, g.nodes[n]["seq"], tree_id, n))
+    del task_of
+    for episodes in tasks.values():
         best_first = sorted(episodes, key=lambda e: (-e[0], e[1], e[2]))
         worst_first = sorted(episodes, key=lambda e: (e[0], e[1], e[2]))
         cache: dict[str, TreeView] = {}

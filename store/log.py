@@ -1,7 +1,8 @@
 """The event log interface and its in-memory backend.
 
 :class:`EventLog` is what every part of branchpoint stands on: idempotent, atomic appends
-and three reads (one tree, a listing of trees, everything after a ``seq``). Backends:
+and four reads (one tree, a listing of trees, many trees' heads at once, everything after a
+``seq``). Backends:
 
 - :class:`MemoryEventLog` here, for tests and short-lived tools;
 - :class:`branchpoint.store.sql.SqlEventLog` for a SQLite file (the default) or PostgreSQL.
@@ -109,6 +110,22 @@ class EventLog(Protocol):
         """
         ...
 
+    def iter_heads(self, where: TreeFilter | None = None, *,
+                   tree_ids: Sequence[str] | None = None
+                   ) -> AsyncIterator[tuple[str, list[EventHead]]]:
+        """``(tree_id, heads)`` of every tree matching ``where`` (and, when given, named in
+        ``tree_ids``; ids of no stored tree are skipped), trees in :meth:`list_trees` order,
+        each tree's heads as :meth:`read_heads` returns them.
+
+        The bulk read for folding many trees: SQL backends read trees in chunks of a bounded
+        size on one connection, instead of paying a connection round trip per tree.
+        Events appended while the iteration runs may or may not be seen.
+
+        Raises:
+            StoreUnavailable: the database cannot be reached.
+        """
+        ...
+
     async def read_after(self, seq: int = 0, *, limit: int = 1000) -> list[Event]:
         """Up to ``limit`` events with ``seq`` greater than ``seq``, in order. A reader that
         has seen ``seq`` N never later meets a new event at or below N."""
@@ -205,6 +222,14 @@ class MemoryEventLog:
 
     async def read_heads(self, tree_id: str) -> list[EventHead]:
         return [e.head() for e in await self.read_tree(tree_id)]
+
+    async def iter_heads(self, where: TreeFilter | None = None, *,
+                         tree_ids: Sequence[str] | None = None
+                         ) -> AsyncIterator[tuple[str, list[EventHead]]]:
+        wanted = None if tree_ids is None else set(tree_ids)
+        for t in await self.list_trees(where):
+            if wanted is None or t.tree_id in wanted:
+                yield t.tree_id, [e.head() for e in self._by_tree[t.tree_id]]
 
     async def read_after(self, seq: int = 0, *, limit: int = 1000) -> list[Event]:
         return self._events[max(seq, 0): max(seq, 0) + limit]

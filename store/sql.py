@@ -23,15 +23,17 @@ raises :class:`InvalidEvent` naming the colliding event.
 
 from __future__ import annotations
 
+import gc
 import re
-from collections.abc import Awaitable, Callable, Sequence
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from branchpoint.store import sqlbase
 from branchpoint.store.errors import InvalidEvent, StoreUnavailable, TreeNotFound
@@ -41,6 +43,7 @@ from branchpoint.store.sqlbase import (
     EVENT_COLUMNS,
     EVENT_SELECT,
     HEAD_SELECT,
+    HEADS_SELECT,
     SCHEMA_VERSION,
     TREE_COLUMNS,
     Executor,
@@ -49,6 +52,7 @@ from branchpoint.store.sqlbase import (
     append_batch,
     event_from_row,
     head_from_row,
+    heads_by_tree,
     summary_from_row,
     utc_text,
 )
@@ -60,6 +64,7 @@ T = TypeVar("T")
 BUSY_TIMEOUT_S: Final = 60.0
 _WRITE: Final = "branchpoint_write"  # execution option: this transaction appends
 _PG_MIGRATION_LOCK: Final = 0x62706D67  # pg_advisory_xact_lock key serializing migrations
+_HEADS_PER_CHUNK: Final = 20_000  # rows per query of iter_heads, about
 
 
 class _SaExecutor:
@@ -122,6 +127,11 @@ _PG_TYPES: Final = {"event_id": "text", "tree_id": "text", "type": "text", "vers
                     "recorded_at": "text", "node_id": "text", "parent_id": "text",
                     "done": "smallint", "value": "float8", "source": "text",
                     "reason": "text", "digest": "text", "payload": "text"}
+
+
+_PG_HEADS_OF: Final = (HEADS_SELECT.format(reason="payload::json->>'reason'")
+                       + " WHERE tree_id = ANY($1::text[]) ORDER BY tree_id, seq")
+_SQLITE_HEADS_OF: Final = HEADS_SELECT.format(reason="json_extract(payload, '$.reason')")
 
 
 def _unnest(columns: Sequence[str], types: Sequence[str]) -> str:
@@ -400,9 +410,12 @@ class SqlEventLog:
                                 "LIMIT ?", (max(seq, 0), limit))
         return [event_from_row(r) for r in rows]
 
-    async def list_trees(self, where: TreeFilter | None = None) -> list[TreeSummary]:
+    def _trees_sql(self, where: TreeFilter | None, columns: str, extra: str = ""
+                   ) -> tuple[str, list[Any]]:
+        """The query listing the trees that match ``where`` (and the condition ``extra``,
+        with no parameters of its own), ``columns`` selected, in ``root_seq`` order."""
         w = where or TreeFilter()
-        conds: list[str] = []
+        conds: list[str] = [extra] if extra else []
         params: list[Any] = []
         for cond, value in (("t.env = ?", w.env),
                             ("t.task_id = ?", None if w.task_id is None else str(w.task_id)),
@@ -412,15 +425,101 @@ class SqlEventLog:
             if value is not None:
                 conds.append(cond)
                 params.append(value)
-        sql = (f"SELECT t.tree_id, t.env, t.task_id, t.task_id_is_int, t.origin, "
-               f"t.created_at, t.root_seq, {self._closed_expr} AS closed FROM trees t")
+        sql = f"SELECT {columns}, {self._closed_expr} AS closed FROM trees t"
         if conds:
             sql += " WHERE " + " AND ".join(conds)
         if w.finished is not None:
             sql = (f"SELECT * FROM ({sql}) s WHERE closed IS "
                    f"{'NOT NULL' if w.finished else 'NULL'}")
-        rows = await self._read(sql + " ORDER BY root_seq", params)
+        return sql + " ORDER BY root_seq", params
+
+    async def list_trees(self, where: TreeFilter | None = None) -> list[TreeSummary]:
+        sql, params = self._trees_sql(where, "t.tree_id, t.env, t.task_id, t.task_id_is_int, "
+                                      "t.origin, t.created_at, t.root_seq")
+        rows = await self._read(sql, params)
         return [summary_from_row(r) for r in rows]
+
+    async def iter_heads(self, where: TreeFilter | None = None, *,
+                         tree_ids: Sequence[str] | None = None
+                         ) -> AsyncIterator[tuple[str, list[EventHead]]]:
+        """Trees' heads in :meth:`list_trees` order (see
+        :meth:`branchpoint.store.log.EventLog.iter_heads`).
+
+        One connection for the whole iteration: the matching tree ids first, then their
+        events in chunks of whole trees, one ``IN (...)`` query per chunk over the
+        ``(tree_id, seq)`` index. A chunk holds about :data:`_HEADS_PER_CHUNK` rows (its
+        tree count follows the average tree size seen so far), so memory stays bounded
+        however large the log. No transaction stays open while the caller holds a chunk.
+
+        Raises:
+            StoreUnavailable: the database cannot be reached.
+        """
+        conn = await self._guard(self._engine.connect(), "read")
+        try:
+            trees = await self._guard(self._tree_ids(conn, where, tree_ids), "read")
+            per_chunk, done, rows = 64, 0, 0
+            while done < len(trees):
+                part = trees[done:done + per_chunk]
+                heads = await self._guard(self._heads_of(conn, part), "read")
+                done += len(part)
+                rows += sum(map(len, heads.values()))
+                # as many trees next time as make about _HEADS_PER_CHUNK rows, on average
+                per_chunk = max(1, min(sqlbase.CHUNK, _HEADS_PER_CHUNK * done // max(rows, 1)))
+                for tree_id in part:
+                    if tree_id in heads:  # else: no event of it is stored
+                        yield tree_id, heads.pop(tree_id)
+        finally:
+            await conn.close()
+
+    async def _tree_ids(self, conn: AsyncConnection, where: TreeFilter | None,
+                        tree_ids: Sequence[str] | None) -> list[str]:
+        async def run(sql: str, params: Sequence[Any]) -> list[Any]:
+            res = await conn.exec_driver_sql(_dollar(sql) if self._pg else sql, tuple(params))
+            return list(res.fetchall())
+
+        try:
+            if tree_ids is None:
+                sql, params = self._trees_sql(where, "t.tree_id, t.root_seq")
+                return [r[0] for r in await run(sql, params)]
+            found: list[tuple[int, str]] = []
+            for part in sqlbase.chunks(sorted(set(tree_ids))):
+                marks = ", ".join("?" * len(part))
+                sql, params = self._trees_sql(where, "t.tree_id, t.root_seq",
+                                              f"t.tree_id IN ({marks})")
+                # the IN list's parameters come first in the statement
+                found += [(r[1], r[0]) for r in await run(sql, [*part, *params])]
+            return [t for _, t in sorted(found)]
+        finally:
+            await conn.rollback()
+
+    async def _heads_of(self, conn: AsyncConnection, tree_ids: Sequence[str]
+                        ) -> dict[str, list[EventHead]]:
+        """The heads of ``tree_ids`` (each tree in ``seq`` order), read straight from the
+        driver: this query returns one row per event of every tree folded in bulk, and
+        SQLAlchemy's result rows would cost as much again as the read itself."""
+        driver = (await conn.get_raw_connection()).driver_connection
+        # Rows and heads are tuples of scalars, which hold no reference cycles; a cyclic GC
+        # pass over tens of thousands of fresh tuples per chunk would cost a third of the
+        # read, so the collector pauses until the chunk is decoded (and then untracks them).
+        gc_was_on = gc.isenabled()
+        gc.disable()
+        try:
+            if self._pg:
+                rows = await driver.fetch(_PG_HEADS_OF, list(tree_ids))
+            else:
+                sql = (f"{_SQLITE_HEADS_OF} WHERE tree_id IN ({', '.join('?' * len(tree_ids))})"
+                       " ORDER BY tree_id, seq")
+                async with driver.execute(sql, tuple(tree_ids)) as cursor:
+                    rows = await cursor.fetchall()
+            return heads_by_tree(rows)
+        except Exception as exc:
+            if not _is_driver_error(exc):
+                raise
+            raise StoreUnavailable(f"read failed on {self._where}: "
+                                   f"{_driver_message(exc)}") from exc
+        finally:
+            if gc_was_on:
+                gc.enable()
 
     async def close(self) -> None:
         await self._engine.dispose()
@@ -451,6 +550,15 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
     def _begin(conn: Connection) -> None:
         write = conn.get_execution_options().get(_WRITE)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _is_driver_error(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from sqlite3/aiosqlite or asyncpg (used where a read goes
+    to the driver directly, without SQLAlchemy's wrapping in DBAPIError)."""
+    if isinstance(exc, sqlite3.Error | OSError | TimeoutError):
+        return True
+    module = type(exc).__module__
+    return module == "asyncpg" or module.startswith("asyncpg.")
 
 
 def _driver_message(exc: BaseException) -> str:

@@ -35,6 +35,7 @@ from branchpoint.store.validation import Known, NodeFacts, check_batch, drop_dup
 
 __all__ = [
     "EVENT_COLUMNS",
+    "HEADS_SELECT",
     "SCHEMA_VERSION",
     "Executor",
     "SqliteStatements",
@@ -43,6 +44,7 @@ __all__ = [
     "event_from_row",
     "event_row",
     "head_from_row",
+    "heads_by_tree",
     "schema_statements",
     "summary_from_row",
 ]
@@ -66,7 +68,15 @@ EVENT_SELECT: Final = "SELECT seq, event_id, tree_id, type, version, recorded_at
 HEAD_SELECT: Final = ("SELECT seq, type, node_id, parent_id, done, value, source, reason, "
                       "CASE WHEN type = 'tree_closed' AND reason IS NULL THEN payload END")
 
-_CHUNK: Final = 500  # bound parameters per IN (...) query; far below every SQLite limit
+# Selected by bulk reads of heads (one row per event of many trees), decoded by
+# heads_by_tree; ``{reason}`` is the dialect's expression reading the reason from the JSON
+# payload (rows stored before the ``reason`` column). The close reason travels in the
+# parent_id slot, as in EventHead.
+HEADS_SELECT: Final = ("SELECT seq, type, node_id, CASE WHEN type = 'tree_closed' "
+                       "THEN COALESCE(reason, {reason}) ELSE parent_id END, done, value, "
+                       "source, tree_id FROM events")
+
+CHUNK: Final = 500  # bound parameters per IN (...) query; far below every SQLite limit
 
 
 def schema_statements() -> list[str]:
@@ -153,6 +163,23 @@ def head_from_row(row: Sequence[Any]) -> EventHead:
         parent_id = reason if payload is None else _any.decode(payload)["reason"]
     return EventHead(seq, type_, node_id, parent_id, None if done is None else bool(done),
                      value, source)
+
+
+def heads_by_tree(rows: Iterable[Sequence[Any]]) -> dict[str, list[EventHead]]:
+    """Each tree's heads from rows of :data:`HEADS_SELECT`, a tree's rows together and in
+    ``seq`` order. Runs once per event of every tree folded in bulk, so it builds the
+    tuples directly (``tuple.__new__``, not the NamedTuple's Python-level ``__new__``)."""
+    out: dict[str, list[EventHead]] = {}
+    tree: list[EventHead] = []
+    current = None
+    new = tuple.__new__
+    for seq, type_, node_id, parent_id, done, value, source, tree_id in rows:
+        if tree_id != current:
+            tree = out.setdefault(tree_id, [])
+            current = tree_id
+        tree.append(new(EventHead, (seq, type_, node_id, parent_id,
+                                    None if done is None else bool(done), value, source)))
+    return out
 
 
 def summary_from_row(row: Sequence[Any]) -> TreeSummary:
@@ -249,7 +276,7 @@ def append_batch(db: Executor, sql: Statements, events: Sequence[Event],
     return AppendResult(len(fresh), len(events) - len(fresh), last)
 
 
-def chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
+def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
 

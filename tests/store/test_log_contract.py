@@ -16,6 +16,7 @@ from branchpoint.store.errors import ConflictingEvent, InvalidEvent, TreeNotFoun
 from branchpoint.store.events import (
     ActionExecuted,
     Event,
+    EventHead,
     NodeCreated,
     ScoreAssigned,
     TreeClosed,
@@ -325,6 +326,66 @@ async def test_trees_filter_by_env_task_origin_time_and_finished(log: EventLog) 
     assert await ids(env="fs", finished=True, origin="sampler") == ["t3"]
     closed = {t.tree_id: t.closed for t in await log.list_trees()}
     assert closed == {"t1": "done", "t2": None, "t3": "budget"}  # the latest close counts
+
+
+# --- heads in bulk --------------------------------------------------------------------------
+
+
+async def bulk(log: EventLog, where: TreeFilter | None = None,
+               tree_ids: list[str] | None = None) -> list[tuple[str, list[EventHead]]]:
+    return [item async for item in log.iter_heads(where, tree_ids=tree_ids)]
+
+
+async def test_bulk_heads_are_each_trees_read_heads_in_listing_order(log: EventLog) -> None:
+    a, b, c = Tree("b-tree"), Tree("a-tree", env="shop"), Tree("c-tree")
+    # interleaved, so that seq order, tree_id order and listing order all differ
+    await log.append([a.root(), b.root(), a.node("x", "r"), c.root(), b.node("y", "r"),
+                      a.run("x", done=True), c.close("budget"), a.score("x", 2 / 3),
+                      b.run("y", done=None), a.close("done"), b.score("y", 0.1 + 0.2)])
+    got = await bulk(log)
+    listed = [t.tree_id for t in await log.list_trees()]
+    assert [t for t, _ in got] == listed == ["b-tree", "a-tree", "c-tree"]
+    for tree_id, heads in got:
+        assert heads == await log.read_heads(tree_id)
+        assert all(type(h) is EventHead for h in heads)
+    assert [h.done for _, hs in got for h in hs if h.type == "action_executed"] == [True, None]
+    assert [h.value for _, hs in got for h in hs if h.value is not None] == [2 / 3, 0.1 + 0.2]
+
+
+async def test_bulk_heads_respect_the_filter_and_the_named_trees(log: EventLog) -> None:
+    day = timedelta(days=1)
+    trees = [Tree(f"t{i}", env="fs" if i % 2 else "shop", start=T0 + i * day)
+             for i in range(5)]
+    await log.append([t.root() for t in trees] + [trees[1].close(), trees[4].close()])
+
+    async def ids(where: TreeFilter | None = None, tree_ids: list[str] | None = None
+                  ) -> list[str]:
+        return [t for t, _ in await bulk(log, where, tree_ids)]
+
+    assert await ids(TreeFilter(env="fs")) == ["t1", "t3"]
+    assert await ids(TreeFilter(finished=True)) == ["t1", "t4"]
+    assert await ids(TreeFilter(since=T0 + 2 * day)) == ["t2", "t3", "t4"]
+    # named trees come in listing order; unknown names are skipped
+    assert await ids(tree_ids=["t4", "nope", "t0", "t4"]) == ["t0", "t4"]
+    assert await ids(TreeFilter(env="shop"), tree_ids=["t1", "t2", "t4"]) == ["t2", "t4"]
+    assert await ids(tree_ids=[]) == []
+
+
+async def test_bulk_heads_of_an_empty_log_are_none(log: EventLog) -> None:
+    assert await bulk(log) == []
+    assert await bulk(log, TreeFilter(env="fs"), ["t1"]) == []
+
+
+async def test_bulk_heads_span_many_chunks_and_large_trees(log: EventLog) -> None:
+    trees = [Tree(f"t{i:04d}") for i in range(700)]
+    big = Tree("big")
+    events = [t.root() for t in trees] + [big.root()]
+    events += [big.node(f"n{i}", "r") for i in range(3000)]
+    await log.append(events)
+    got = await bulk(log)
+    assert [t for t, _ in got] == [*(t.tree_id for t in trees), "big"]
+    assert len(got[-1][1]) == 3001
+    assert got[-1][1] == await log.read_heads("big")
 
 
 # --- the stdlib sqlite3 writer ------------------------------------------------------------------
