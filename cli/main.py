@@ -48,15 +48,30 @@ def _root() -> None:
     """Record agent trees, branch them, score them, export TRL-ready preference data."""
 
 
-def _register() -> None:
-    from branchpoint.cli import ingest
+# Which module registers each subcommand. When the command line names one of these, only
+# its module is imported: the others pull in networkx, rich tables and the samplers, which
+# would otherwise be start-up cost for every `branchpoint ingest`. Help, completion and
+# anything unknown import them all (so a command missing here still works, only slower).
+COMMANDS: dict[str, str] = {
+    "ingest": "branchpoint.cli.ingest",
+    "export": "branchpoint.cli.data",
+    "stats": "branchpoint.cli.data",
+    "envs": "branchpoint.cli.envs",
+    "env": "branchpoint.cli.envs",
+    "demo": "branchpoint.cli.demo",
+}
+_OPTIONAL = ("branchpoint.cli.data", "branchpoint.cli.envs", "branchpoint.cli.demo")
 
-    ingest.register(app)
-    for module in ("branchpoint.cli.data", "branchpoint.cli.envs", "branchpoint.cli.demo"):
+
+def _register(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    wanted = COMMANDS.get(argv[0]) if argv and not {"--help", "-h"} & set(argv) else None
+    modules = [wanted] if wanted else ["branchpoint.cli.ingest", *_OPTIONAL]
+    for module in modules:
         try:
             mod = __import__(module, fromlist=["register"])
         except ModuleNotFoundError as exc:
-            if exc.name != module:
+            if exc.name != module or module not in _OPTIONAL:
                 raise
             continue
         mod.register(app)

@@ -64,6 +64,7 @@ T = TypeVar("T")
 BUSY_TIMEOUT_S: Final = 60.0
 _WRITE: Final = "branchpoint_write"  # execution option: this transaction appends
 _PG_MIGRATION_LOCK: Final = 0x62706D67  # pg_advisory_xact_lock key serializing migrations
+_SQLITE_CACHE_KIB: Final = -65536  # PRAGMA cache_size: negative means KiB
 _HEADS_PER_CHUNK: Final = 20_000  # rows per query of iter_heads, about
 
 
@@ -539,6 +540,9 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
             cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             cur.execute("PRAGMA journal_mode = WAL")
             cur.execute("PRAGMA synchronous = NORMAL")
+            # 64 MiB of page cache at most (the default is 2): a large append updates
+            # five indexes, and re-reading their pages from the OS dominated the insert
+            cur.execute(f"PRAGMA cache_size = {_SQLITE_CACHE_KIB}")
             cur.close()
         except Exception:
             # e.g. "file is not a database": the pool drops this connection without
