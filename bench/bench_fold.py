@@ -96,7 +96,8 @@ async def fold_rates(url: str, repeat: int) -> tuple[float, float, float, float,
     log = await SqlEventLog.open(url)
     try:
         trees = [t.tree_id for t in await log.list_trees()]
-        heads = {t: await log.read_heads(t) for t in trees}
+        # the baseline gets plain tuples, the cheapest decoded form (see events.HeadRow)
+        heads = {t: [tuple(h) for h in await log.read_heads(t)] for t in trees}
         t_stored = t_per_tree = float("inf")
         for _ in range(repeat):
             gc.collect()

@@ -44,6 +44,7 @@ __all__ = [
     "ActionExecuted",
     "Event",
     "EventHead",
+    "HeadRow",
     "NodeCreated",
     "Payload",
     "ScoreAssigned",
@@ -173,6 +174,13 @@ class EventHead(NamedTuple):
     done: bool | None
     value: float | None
     source: str | None
+
+
+#: The shape of an :class:`EventHead` as a plain tuple, in the same field order. Bulk
+#: readers (``EventLog.iter_heads``) hand these out: CPython's cyclic collector stops
+#: tracking a plain tuple of scalars after one pass but keeps walking NamedTuple instances
+#: for as long as they live, which on a million folded events costs as much as the fold.
+HeadRow = tuple[int, str, str | None, str | None, bool | None, float | None, str | None]
 
 
 # --- versioning --------------------------------------------------------------------------

@@ -20,7 +20,15 @@ from typing import Protocol, runtime_checkable
 import msgspec
 
 from branchpoint.store.errors import InvalidEvent, TreeNotFound
-from branchpoint.store.events import Event, EventHead, NodeCreated, TreeClosed, digest, normalize
+from branchpoint.store.events import (
+    Event,
+    EventHead,
+    HeadRow,
+    NodeCreated,
+    TreeClosed,
+    digest,
+    normalize,
+)
 from branchpoint.store.validation import Known, NodeFacts, check_batch, drop_duplicates, lookups
 
 __all__ = [
@@ -112,10 +120,11 @@ class EventLog(Protocol):
 
     def iter_heads(self, where: TreeFilter | None = None, *,
                    tree_ids: Sequence[str] | None = None
-                   ) -> AsyncIterator[tuple[str, list[EventHead]]]:
+                   ) -> AsyncIterator[tuple[str, list[HeadRow]]]:
         """``(tree_id, heads)`` of every tree matching ``where`` (and, when given, named in
         ``tree_ids``; ids of no stored tree are skipped), trees in :meth:`list_trees` order,
-        each tree's heads as :meth:`read_heads` returns them.
+        each tree's heads equal to what :meth:`read_heads` returns, as plain tuples
+        (:data:`~branchpoint.store.events.HeadRow`; ``EventHead(*row)`` names the fields).
 
         The bulk read for folding many trees: SQL backends read trees in chunks of a bounded
         size on one connection, instead of paying a connection round trip per tree.
@@ -225,7 +234,7 @@ class MemoryEventLog:
 
     async def iter_heads(self, where: TreeFilter | None = None, *,
                          tree_ids: Sequence[str] | None = None
-                         ) -> AsyncIterator[tuple[str, list[EventHead]]]:
+                         ) -> AsyncIterator[tuple[str, list[HeadRow]]]:
         wanted = None if tree_ids is None else set(tree_ids)
         for t in await self.list_trees(where):
             if wanted is None or t.tree_id in wanted:

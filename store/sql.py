@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from branchpoint.store import sqlbase
 from branchpoint.store.errors import InvalidEvent, StoreUnavailable, TreeNotFound
-from branchpoint.store.events import Event, EventHead
+from branchpoint.store.events import Event, EventHead, HeadRow
 from branchpoint.store.log import AppendResult, TreeFilter, TreeSummary, normalize_batch
 from branchpoint.store.sqlbase import (
     EVENT_COLUMNS,
@@ -442,7 +442,7 @@ class SqlEventLog:
 
     async def iter_heads(self, where: TreeFilter | None = None, *,
                          tree_ids: Sequence[str] | None = None
-                         ) -> AsyncIterator[tuple[str, list[EventHead]]]:
+                         ) -> AsyncIterator[tuple[str, list[HeadRow]]]:
         """Trees' heads in :meth:`list_trees` order (see
         :meth:`branchpoint.store.log.EventLog.iter_heads`).
 
@@ -494,7 +494,7 @@ class SqlEventLog:
             await conn.rollback()
 
     async def _heads_of(self, conn: AsyncConnection, tree_ids: Sequence[str]
-                        ) -> dict[str, list[EventHead]]:
+                        ) -> dict[str, list[HeadRow]]:
         """The heads of ``tree_ids`` (each tree in ``seq`` order), read straight from the
         driver: this query returns one row per event of every tree folded in bulk, and
         SQLAlchemy's result rows would cost as much again as the read itself."""

@@ -28,6 +28,7 @@ from branchpoint.store.events import (
     UPCASTERS,
     Event,
     EventHead,
+    HeadRow,
     canonical_payload,
 )
 from branchpoint.store.log import AppendResult, TreeSummary
@@ -165,20 +166,19 @@ def head_from_row(row: Sequence[Any]) -> EventHead:
                      value, source)
 
 
-def heads_by_tree(rows: Iterable[Sequence[Any]]) -> dict[str, list[EventHead]]:
+def heads_by_tree(rows: Iterable[Sequence[Any]]) -> dict[str, list[HeadRow]]:
     """Each tree's heads from rows of :data:`HEADS_SELECT`, a tree's rows together and in
-    ``seq`` order. Runs once per event of every tree folded in bulk, so it builds the
-    tuples directly (``tuple.__new__``, not the NamedTuple's Python-level ``__new__``)."""
-    out: dict[str, list[EventHead]] = {}
-    tree: list[EventHead] = []
+    ``seq`` order. Runs once per event of every tree folded in bulk, so it builds plain
+    tuples (see :data:`~branchpoint.store.events.HeadRow` for why not EventHeads)."""
+    out: dict[str, list[HeadRow]] = {}
+    tree: list[HeadRow] = []
     current = None
-    new = tuple.__new__
     for seq, type_, node_id, parent_id, done, value, source, tree_id in rows:
         if tree_id != current:
             tree = out.setdefault(tree_id, [])
             current = tree_id
-        tree.append(new(EventHead, (seq, type_, node_id, parent_id,
-                                    None if done is None else bool(done), value, source)))
+        tree.append((seq, type_, node_id, parent_id, None if done is None else bool(done),
+                     value, source))
     return out
 
 

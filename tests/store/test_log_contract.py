@@ -347,9 +347,9 @@ async def test_bulk_heads_are_each_trees_read_heads_in_listing_order(log: EventL
     assert [t for t, _ in got] == listed == ["b-tree", "a-tree", "c-tree"]
     for tree_id, heads in got:
         assert heads == await log.read_heads(tree_id)
-        assert all(type(h) is EventHead for h in heads)
-    assert [h.done for _, hs in got for h in hs if h.type == "action_executed"] == [True, None]
-    assert [h.value for _, hs in got for h in hs if h.value is not None] == [2 / 3, 0.1 + 0.2]
+    named = [EventHead(*h) for _, hs in got for h in hs]
+    assert [h.done for h in named if h.type == "action_executed"] == [True, None]
+    assert [h.value for h in named if h.value is not None] == [2 / 3, 0.1 + 0.2]
 
 
 async def test_bulk_heads_respect_the_filter_and_the_named_trees(log: EventLog) -> None:
