@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from pathlib import Path
-from typing import Annotated, BinaryIO
+from typing import TYPE_CHECKING, Annotated, BinaryIO
 
 import typer
 
@@ -15,11 +16,49 @@ from branchpoint.cli.main import DbOption, fail
 from branchpoint.store.errors import BranchpointError, InvalidEvent
 from branchpoint.store.events import Event, decode_event
 
+if TYPE_CHECKING:
+    from branchpoint.store.log import Chunk
 
-def _read(stream: BinaryIO) -> Iterator[tuple[int, Event]]:
-    for number, raw in enumerate(stream, start=1):
-        if raw.strip():
-            yield number, decode_event(raw, line=number)
+
+CHUNK = 10_000  # events handed to the store at a time; it inserts one while we decode the next
+_YIELD_EVERY = 256  # events decoded between two turns of the event loop
+
+
+class _Reader:
+    """The events of a JSON Lines stream, decoded as they are read, a batch at a time."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._lines = enumerate(stream, start=1)
+        self.done = False
+
+    async def batch(self, size: int | None) -> AsyncGenerator[Chunk]:
+        """Chunks of the next ``size`` events (all that are left when None).
+
+        Raises:
+            InvalidEvent: a line is not a valid event, located at its line.
+        """
+        left = size
+        events: list[Event] = []
+        lines: list[int] = []
+        for number, raw in self._lines:
+            if not raw.strip():
+                continue
+            events.append(decode_event(raw, line=number))
+            lines.append(number)
+            if len(events) % _YIELD_EVERY == 0:
+                # the store's insert of the previous chunk waits on the loop between its
+                # statements; its SQLite work itself runs in another thread meanwhile
+                await asyncio.sleep(0)
+            if len(events) == CHUNK or len(events) == left:
+                yield events, lines
+                if left is not None:
+                    left -= len(events)
+                    if left == 0:
+                        return
+                events, lines = [], []
+        self.done = True
+        if events:
+            yield events, lines
 
 
 async def _ingest(source: BinaryIO, db: str, batch_size: int | None) -> tuple[int, int]:
@@ -27,21 +66,15 @@ async def _ingest(source: BinaryIO, db: str, batch_size: int | None) -> tuple[in
 
     log = await open_log(db)
     stored = duplicates = 0
-    # The batch is held in memory: cyclic GC passes over hundreds of thousands of event
-    # dicts cost more than the whole ingest, and decoded events hold no cycles.
+    reader = _Reader(source)
+    # Cyclic GC passes over hundreds of thousands of event dicts cost more than the whole
+    # ingest, and decoded events hold no cycles.
     gc.disable()
     try:
-        events: list[Event] = []
-        lines: list[int] = []
-        for number, ev in _read(source):
-            events.append(ev)
-            lines.append(number)
-            if batch_size and len(events) >= batch_size:
-                res = await log.append(events, lines=lines, normalized=True)
-                stored, duplicates = stored + res.stored, duplicates + res.duplicates
-                events, lines = [], []
-        if events:
-            res = await log.append(events, lines=lines, normalized=True)
+        while not reader.done:
+            # one atomic batch: the whole file, or the next batch_size events
+            async with aclosing(reader.batch(batch_size)) as chunks:
+                res = await log.append_stream(chunks, normalized=True)
             stored, duplicates = stored + res.stored, duplicates + res.duplicates
     finally:
         gc.enable()

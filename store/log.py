@@ -1,8 +1,8 @@
 """The event log interface and its in-memory backend.
 
 :class:`EventLog` is what every part of branchpoint stands on: idempotent, atomic appends
-and four reads (one tree, a listing of trees, many trees' heads at once, everything after a
-``seq``). Backends:
+(of a batch in memory, or streamed in chunks through one transaction) and four reads (one
+tree, a listing of trees, many trees' heads at once, everything after a ``seq``). Backends:
 
 - :class:`MemoryEventLog` here, for tests and short-lived tools;
 - :class:`branchpoint.store.sql.SqlEventLog` for a SQLite file (the default) or PostgreSQL.
@@ -13,9 +13,10 @@ and four reads (one tree, a listing of trees, many trees' heads at once, everyth
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Sequence
+from contextlib import aclosing
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeAlias, runtime_checkable
 
 import msgspec
 
@@ -29,10 +30,12 @@ from branchpoint.store.events import (
     digest,
     normalize,
 )
-from branchpoint.store.validation import Known, NodeFacts, check_batch, drop_duplicates, lookups
+from branchpoint.store.validation import NodeFacts, Validator
 
 __all__ = [
     "AppendResult",
+    "Chunk",
+    "Chunks",
     "EventLog",
     "MemoryEventLog",
     "TreeFilter",
@@ -82,6 +85,14 @@ class TreeFilter(msgspec.Struct, frozen=True):
         )
 
 
+#: Part of a batch: its events and their line numbers in the source (None: their positions
+#: in the whole batch, counted from 1).
+Chunk: TypeAlias = tuple[Sequence[Event], Sequence[int] | None]
+#: A batch cut in chunks, produced as it is read (an async iterable lets the producer
+#: await now and then, which lets the previous chunk's insert go on meanwhile).
+Chunks: TypeAlias = Iterable[Chunk] | AsyncIterable[Chunk]
+
+
 @runtime_checkable
 class EventLog(Protocol):
     """An append-only log of events, shared by recorders, samplers and exporters."""
@@ -94,6 +105,23 @@ class EventLog(Protocol):
         event's position in its source for error messages (default: 1-based index).
         ``normalized=True`` promises that every event comes straight from
         :func:`~branchpoint.store.events.decode_event` and skips validating it again.
+
+        Raises:
+            InvalidEvent: the batch breaks a rule; nothing was stored.
+            ConflictingEvent: an ``event_id`` is stored with other content.
+            StoreUnavailable: the database cannot be reached.
+        """
+        ...
+
+    async def append_stream(self, chunks: Chunks, *, normalized: bool = False
+                            ) -> AppendResult:
+        """Store one batch that arrives in chunks, atomically: all of it, or none.
+
+        The batch is judged exactly as if :meth:`append` got it whole (a parent or an
+        ``event_id`` in an earlier chunk counts as earlier in the batch), but it need not
+        be held in memory: SQL backends validate and insert each chunk inside one write
+        transaction as it comes, and commit after the last. An exception from ``chunks``
+        itself (e.g. a line that does not decode) also stores nothing, and propagates.
 
         Raises:
             InvalidEvent: the batch breaks a rule; nothing was stored.
@@ -177,6 +205,41 @@ def normalize_batch(events: Sequence[Event], lines: Sequence[int] | None = None
     return out
 
 
+class _Async:
+    """A plain iterable of chunks, iterated with ``async for``."""
+
+    def __init__(self, chunks: Iterable[Chunk]) -> None:
+        self._it = iter(chunks)
+
+    def __aiter__(self) -> _Async:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        try:
+            return next(self._it)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+
+async def prepared_chunks(chunks: Chunks, *, normalized: bool = False
+                          ) -> AsyncGenerator[tuple[list[Event], Sequence[int]]]:
+    """Each chunk of a batch with its line numbers filled in (positions counted across the
+    chunks where a chunk has none), its events normalized unless ``normalized``.
+
+    Raises:
+        InvalidEvent: an event does not normalize, located at its line.
+        ValueError: a chunk has not one line number per event.
+    """
+    seen = 0
+    source = chunks if isinstance(chunks, AsyncIterable) else _Async(chunks)
+    async for events, given in source:
+        lines = range(seen + 1, seen + len(events) + 1) if given is None else given
+        if len(lines) != len(events):
+            raise ValueError(f"{len(events)} events but {len(lines)} line numbers")
+        seen += len(events)
+        yield (list(events) if normalized else normalize_batch(events, lines)), lines
+
+
 class MemoryEventLog:
     """The event log held in a Python list; same contract as the SQL backends."""
 
@@ -190,19 +253,28 @@ class MemoryEventLog:
 
     async def append(self, events: Sequence[Event], *, lines: Sequence[int] | None = None,
                      normalized: bool = False) -> AppendResult:
+        return await self.append_stream([(events, lines)], normalized=normalized)
+
+    async def append_stream(self, chunks: Chunks, *, normalized: bool = False
+                            ) -> AppendResult:
         async with self._lock:
-            events = list(events) if normalized else normalize_batch(events, lines)
-            fresh, fresh_lines = drop_duplicates(events, self._by_id, lines)
-            trees, keys = lookups(fresh)
-            known = Known(
-                roots=frozenset(t for t in trees if t in self._trees),
-                nodes={k: self._facts[k] for k in keys if k in self._facts},
-            )
-            check_batch(fresh, known, fresh_lines)
-            for ev in fresh:
+            rules = Validator()
+            fresh: list[Event] = []
+            total = 0
+            async with aclosing(prepared_chunks(chunks, normalized=normalized)) as each:
+                async for events, lines in each:
+                    total += len(events)
+                    _, trees, keys = rules.unknown(events)
+                    rules.learn((t for t in trees if t in self._trees),
+                                {k: self._facts[k] for k in keys if k in self._facts})
+                    kept = rules.drop_duplicates(events, self._by_id, lines)
+                    kept_events = [events[i] for i in kept]
+                    rules.check(kept_events, [lines[i] for i in kept])
+                    fresh += kept_events
+            for ev in fresh:  # every chunk passed: the batch is stored
                 self._store(ev)
             last = self._events[-1].seq if self._events else None
-            return AppendResult(len(fresh), len(events) - len(fresh), last)
+            return AppendResult(len(fresh), total - len(fresh), last)
 
     def _store(self, ev: Event) -> None:
         ev = msgspec.structs.replace(ev, seq=len(self._events) + 1)

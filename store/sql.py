@@ -17,16 +17,19 @@ Concurrency:
 
 Errors: driver errors never leave this module. A database that cannot be reached, opened
 or understood raises :class:`StoreUnavailable`; a unique index that fires despite the
-validation (a writer racing us without taking the lock) retries the batch once and then
-raises :class:`InvalidEvent` naming the colliding event.
+validation (a writer racing us without taking the lock) retries the batch once (when it
+is a list that can be read again) and then raises :class:`InvalidEvent` naming the
+colliding event.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -38,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from branchpoint.store import sqlbase
 from branchpoint.store.errors import InvalidEvent, StoreUnavailable, TreeNotFound
 from branchpoint.store.events import Event, EventHead, HeadRow
-from branchpoint.store.log import AppendResult, TreeFilter, TreeSummary, normalize_batch
+from branchpoint.store.log import AppendResult, Chunks, TreeFilter, TreeSummary, prepared_chunks
 from branchpoint.store.sqlbase import (
     EVENT_COLUMNS,
     EVENT_SELECT,
@@ -46,11 +49,12 @@ from branchpoint.store.sqlbase import (
     HEADS_SELECT,
     SCHEMA_VERSION,
     TREE_COLUMNS,
+    Appender,
     Executor,
     SqliteStatements,
     Statements,
-    append_batch,
     event_from_row,
+    event_rows,
     head_from_row,
     heads_by_tree,
     summary_from_row,
@@ -58,6 +62,24 @@ from branchpoint.store.sqlbase import (
 )
 
 __all__ = ["SqlEventLog"]
+
+
+class _Collided(Exception):
+    """A unique index refused a chunk's insert: the chunk, to name the event."""
+
+    def __init__(self, events: list[Event], lines: Sequence[int], exc: Exception) -> None:
+        super().__init__(str(exc))
+        self.events, self.lines, self.exc = events, lines, exc
+
+
+def _validate(conn: Connection, appender: Appender, events: list[Event],
+              lines: Sequence[int], rows: list[tuple[Any, ...]]
+              ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    return appender.validate(_SaExecutor(conn), events, lines, rows)
+
+
+def _result(conn: Connection, appender: Appender) -> AppendResult:
+    return appender.result(_SaExecutor(conn))
 
 T = TypeVar("T")
 
@@ -83,6 +105,23 @@ class _SaExecutor:
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self._conn.exec_driver_sql(sql, list(rows))
+
+
+class _Recorder:
+    """:class:`branchpoint.store.sqlbase.Executor` that runs nothing: it keeps the
+    statements of an insert, for handing them to the driver all at once."""
+
+    def __init__(self) -> None:
+        self.statements: list[tuple[str, Any, bool]] = []  # (sql, parameters, executemany)
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        raise NotImplementedError("an insert reads nothing")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.statements.append((sql, tuple(params), False))
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.statements.append((sql, list(rows), True))
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------
@@ -328,8 +367,24 @@ class SqlEventLog:
 
     async def append(self, events: Sequence[Event], *, lines: Sequence[int] | None = None,
                      normalized: bool = False) -> AppendResult:
-        """Store a batch atomically (see :meth:`branchpoint.store.log.EventLog.append`).
+        """Store a batch atomically (see :meth:`branchpoint.store.log.EventLog.append`):
+        :meth:`append_stream` of a single chunk.
 
+        Raises:
+            InvalidEvent: the batch breaks a rule; nothing was stored.
+            ConflictingEvent: an ``event_id`` is stored with other content.
+            StoreUnavailable: the database cannot be reached or failed.
+        """
+        return await self.append_stream([(events, lines)], normalized=normalized)
+
+    async def append_stream(self, chunks: Chunks, *, normalized: bool = False
+                            ) -> AppendResult:
+        """Store a batch that arrives in chunks atomically, in one write transaction (see
+        :meth:`branchpoint.store.log.EventLog.append_stream`).
+
+        Each chunk is validated and handed to the driver as it comes; its insert runs while
+        ``chunks`` produces the next one (sqlite3 releases the GIL while SQLite works, and
+        PostgreSQL works in its own process), so decoding and inserting overlap.
         ``normalized=True`` skips re-validating events that come straight from
         :func:`branchpoint.store.events.decode_event` (they already are): ``branchpoint
         ingest`` passes it.
@@ -339,30 +394,104 @@ class SqlEventLog:
             ConflictingEvent: an ``event_id`` is stored with other content.
             StoreUnavailable: the database cannot be reached or failed.
         """
-        evs = list(events) if normalized else normalize_batch(events, lines)
-
-        def work(conn: Connection) -> AppendResult:
-            db = _SaExecutor(conn)
-            if self._pg:
-                # writers one at a time, so that seq order is commit order (readers go on)
-                db.execute("LOCK TABLE events IN EXCLUSIVE MODE")
-            return append_batch(db, self._sql, evs, lines)
-
         try:
-            return await self._guard(self._write(work), "append")
-        except IntegrityError:
-            pass
+            return await self._guard(self._append(chunks, normalized), "append")
+        except _Collided as first:
+            if not isinstance(chunks, Sequence):  # a stream cannot be read again
+                raise await self._collision(first.events, first.lines, first.exc) from None
         # A unique index fired behind the validation: a writer that did not take the lock
         # committed in between. Validating again against what is stored now names the
         # offending event (or finds the batch already stored).
         try:
-            return await self._guard(self._write(work), "append")
-        except IntegrityError as exc:
-            raise await self._collision(evs, lines, exc) from exc
+            return await self._guard(self._append(chunks, normalized), "append")
+        except _Collided as again:
+            raise await self._collision(again.events, again.lines, again.exc) from None
 
-    async def _collision(self, evs: list[Event], lines: Sequence[int] | None,
-                         exc: IntegrityError) -> InvalidEvent:
-        """The error for a batch a unique index refused: names the first event that
+    async def _append(self, chunks: Chunks, normalized: bool) -> AppendResult:
+        async with self._engine.connect() as conn:
+            if not self._pg:
+                await conn.execution_options(**{_WRITE: True})
+            async with conn.begin():
+                appender = await conn.run_sync(self._start)
+                insert: asyncio.Future[None] | None = None
+                try:
+                    async with aclosing(prepared_chunks(chunks, normalized=normalized)) as each:
+                        async for events, lines in each:
+                            rows = event_rows(events)  # while the previous chunk goes in
+                            if insert is not None:
+                                await insert
+                            fresh, trees = await conn.run_sync(
+                                _validate, appender, events, lines, rows)
+                            insert = None
+                            if fresh:
+                                insert = await self._start_insert(conn, fresh, trees,
+                                                                  events, lines)
+                    if insert is not None:
+                        await insert
+                finally:
+                    if insert is not None and not insert.done():
+                        # the chunks failed: let the insert leave the connection first
+                        await asyncio.gather(insert, return_exceptions=True)
+                return await conn.run_sync(_result, appender)
+
+    def _start(self, conn: Connection) -> Appender:
+        db = _SaExecutor(conn)
+        if self._pg:
+            # writers one at a time, so that seq order is commit order (readers go on)
+            db.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+        return Appender(db, self._sql)
+
+    async def _start_insert(self, conn: AsyncConnection, rows: list[tuple[Any, ...]],
+                            trees: list[tuple[Any, ...]], events: list[Event],
+                            lines: Sequence[int]) -> asyncio.Future[None]:
+        """Start inserting one chunk's rows; returns once the driver has them, with the
+        future of the insert, which raises :class:`_Collided` where a unique index fired.
+
+        SQLite: the statements are queued to aiosqlite's thread together (through the raw
+        driver, as :meth:`_heads_of` reads), so that they run back to back while this
+        thread decodes the next chunk; through SQLAlchemy, each statement would wait for
+        the event loop between its steps. PostgreSQL works in its own process, so the
+        insert simply goes on in a task.
+        """
+        if self._pg:
+            def work(sync: Connection) -> None:
+                self._sql.insert(_SaExecutor(sync), rows, trees)
+
+            async def insert() -> None:
+                try:
+                    await conn.run_sync(work)
+                except IntegrityError as exc:
+                    raise _Collided(events, lines, exc) from exc
+
+            task = asyncio.ensure_future(insert())
+        else:
+            record = _Recorder()
+            self._sql.insert(record, rows, trees)
+            driver = await self._driver(conn)
+            statements = [asyncio.ensure_future(
+                driver.executemany(sql, params) if many else driver.execute(sql, params))
+                for sql, params, many in record.statements]
+            task = asyncio.ensure_future(self._finish_insert(statements, events, lines))
+        await asyncio.sleep(0)  # each reaches the driver before the caller goes on
+        return task
+
+    async def _finish_insert(self, statements: list[asyncio.Future[Any]],
+                             events: list[Event], lines: Sequence[int]) -> None:
+        """Wait for every statement of a SQLite insert (none may still be running when the
+        transaction ends) and translate the first error."""
+        for outcome in await asyncio.gather(*statements, return_exceptions=True):
+            if isinstance(outcome, sqlite3.IntegrityError):
+                raise _Collided(events, lines, outcome)
+            if isinstance(outcome, BaseException):
+                if isinstance(outcome, sqlite3.Error):
+                    raise StoreUnavailable(f"append failed on {self._where}: "
+                                           f"{_driver_message(outcome)}") from outcome
+                raise outcome
+            await outcome.close()  # an aiosqlite cursor
+
+    async def _collision(self, evs: list[Event], lines: Sequence[int],
+                         exc: Exception) -> InvalidEvent:
+        """The error for a chunk a unique index refused: names its first event that
         collides with a stored row."""
         def find(conn: Connection) -> tuple[int, str] | None:
             db = _SaExecutor(conn)
@@ -386,7 +515,7 @@ class SqlEventLog:
 
         found = await self._guard(go(), "append")
         i, field = found if found is not None else (0, None)
-        line = lines[i] if lines is not None else i + 1
+        line = lines[i] if lines else None
         return InvalidEvent("conflicts with an event stored by a concurrent writer "
                             f"({_driver_message(exc)}); nothing of this batch was stored",
                             line=line, event_id=evs[i].event_id if evs else None,
@@ -498,7 +627,7 @@ class SqlEventLog:
         """The heads of ``tree_ids`` (each tree in ``seq`` order), read straight from the
         driver: this query returns one row per event of every tree folded in bulk, and
         SQLAlchemy's result rows would cost as much again as the read itself."""
-        driver = (await conn.get_raw_connection()).driver_connection
+        driver = await self._driver(conn)
         # Rows and heads are tuples of scalars, which hold no reference cycles; a cyclic GC
         # pass over tens of thousands of fresh tuples per chunk would cost a third of the
         # read, so the collector pauses until the chunk is decoded (and then untracks them).
@@ -521,6 +650,17 @@ class SqlEventLog:
         finally:
             if gc_was_on:
                 gc.enable()
+
+    async def _driver(self, conn: AsyncConnection) -> Any:
+        """The driver's own connection under ``conn``: aiosqlite's or asyncpg's.
+
+        Raises:
+            StoreUnavailable: the connection was lost.
+        """
+        driver = (await conn.get_raw_connection()).driver_connection
+        if driver is None:
+            raise StoreUnavailable(f"lost the connection to {self._where}")
+        return driver
 
     async def close(self) -> None:
         await self._engine.dispose()

@@ -4,17 +4,22 @@ algorithm itself.
 Three writers append to SQL databases: :class:`branchpoint.store.sql.SqlEventLog` on SQLite
 and on PostgreSQL (SQLAlchemy async), and the SDK's
 :class:`branchpoint.store.sqlite3_writer.Sqlite3Writer` (stdlib ``sqlite3``, no SQLAlchemy).
-They run the same :func:`append_batch` over a small :class:`Statements` object per dialect,
+They run the same :class:`Appender` over a small :class:`Statements` object per dialect,
 so they refuse the same batches with the same errors and store the same rows. The
-algorithm is synchronous; SqlEventLog runs it through ``AsyncConnection.run_sync``.
+algorithm is synchronous and cut in steps (rows, validation, insert), so that SqlEventLog
+can run each step through ``AsyncConnection.run_sync`` and overlap one chunk's insert with
+the next chunk's decoding; :func:`append_batch` runs the steps in a row for a whole batch.
 
 Light on purpose: stdlib and msgspec only (the SDK imports this module).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import re
+import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from importlib import resources
@@ -32,18 +37,20 @@ from branchpoint.store.events import (
     canonical_payload,
 )
 from branchpoint.store.log import AppendResult, TreeSummary
-from branchpoint.store.validation import Known, NodeFacts, check_batch, drop_duplicates, lookups
+from branchpoint.store.validation import NodeFacts, Validator
 
 __all__ = [
     "EVENT_COLUMNS",
     "HEADS_SELECT",
     "SCHEMA_VERSION",
+    "Appender",
     "Executor",
     "SqliteStatements",
     "Statements",
     "append_batch",
     "event_from_row",
     "event_row",
+    "event_rows",
     "head_from_row",
     "heads_by_tree",
     "schema_statements",
@@ -78,6 +85,9 @@ HEADS_SELECT: Final = ("SELECT seq, type, node_id, CASE WHEN type = 'tree_closed
                        "source, tree_id FROM events")
 
 CHUNK: Final = 500  # bound parameters per IN (...) query; far below every SQLite limit
+#: Bound parameters per multi-row INSERT: SQLite's default limit (999 before 3.32).
+MAX_PARAMS: Final = 32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999
+_DIGEST: Final = EVENT_COLUMNS.index("digest")
 
 
 def schema_statements() -> list[str]:
@@ -229,9 +239,84 @@ class Statements(Protocol):
                trees: list[tuple[Any, ...]]) -> None: ...
 
 
+def event_rows(events: Iterable[Event]) -> list[tuple[Any, ...]]:
+    """:func:`event_row` of each event: the CPU-heavy step of an append (canonical JSON and
+    digest), which needs no database, so a streaming append runs it while the previous
+    chunk's insert is under way."""
+    return [event_row(e) for e in events]
+
+
+class Appender:
+    """One append transaction, fed a batch in one or more chunks.
+
+    Must live inside one write transaction that the caller commits, or rolls back when a
+    step raises; that is what makes the batch all-or-nothing however many chunks it spans.
+    For each chunk, in order: :func:`event_rows` (no database), :meth:`validate` (lookups
+    and rules; returns what to insert), then ``Statements.insert`` of that; at the end,
+    :meth:`result`. The rules (:class:`~branchpoint.store.validation.Validator`) keep what
+    earlier chunks added, so a batch is refused or stored the same however it is cut, and
+    a later chunk's lookups need not see an earlier chunk's rows.
+    """
+
+    def __init__(self, db: Executor, sql: Statements) -> None:
+        self._sql = sql
+        self._rules = Validator()
+        # an empty log holds no digests, roots or nodes: every lookup can be skipped
+        self._empty = sql.last_seq(db) is None
+        self.stored = self.duplicates = 0
+
+    def validate(self, db: Executor, events: Sequence[Event], lines: Sequence[int],
+                 rows: Sequence[tuple[Any, ...]]
+                 ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """Check one chunk (normalized events, their ``lines`` and :func:`event_rows`)
+        against the stored facts and the chunks before it.
+
+        Returns the ``events`` rows to insert (re-sent events dropped) and ``trees`` rows.
+
+        Raises:
+            InvalidEvent: the chunk breaks a rule.
+            ConflictingEvent: an ``event_id`` is stored, or repeated, with other content.
+        """
+        rules, sql = self._rules, self._sql
+        stored: dict[str, str] = {}
+        if not self._empty:
+            ids, trees, keys = rules.unknown(events)
+            for row in sql.stored(db, ids) if ids else ():
+                d = row[1]
+                if d is None:  # stored before the digest column existed
+                    from branchpoint.store.events import digest
+
+                    d = digest(event_from_row(row[2:]))
+                stored[row[0]] = d
+            roots = sql.roots(db, sorted(trees)) if trees else set()
+            # a tree without a stored root has no stored nodes (every event needs the root)
+            in_stored = sorted(k for k in keys if k[0] in roots or k[0] in rules.stored_roots)
+            nodes: dict[tuple[str, str], NodeFacts] = {}
+            if in_stored:
+                for t, n, is_root in sql.created(db, in_stored):
+                    nodes[(t, n)] = NodeFacts(bool(is_root), False, None)
+                for t, n, done in sql.executed(db, in_stored):
+                    nodes[(t, n)] = NodeFacts(False, True, None if done is None else bool(done))
+            rules.learn(roots, nodes)
+        kept = rules.drop_duplicates(events, stored, lines, [r[_DIGEST] for r in rows])
+        self.duplicates += len(events) - len(kept)
+        if len(kept) != len(events):
+            events = [events[i] for i in kept]
+            lines = [lines[i] for i in kept]
+            rows = [rows[i] for i in kept]
+        rules.check(events, lines)
+        self.stored += len(events)
+        return list(rows), [r for r in map(tree_row, events) if r is not None]
+
+    def result(self, db: Executor) -> AppendResult:
+        """What the whole append did (ask once every chunk is inserted)."""
+        return AppendResult(self.stored, self.duplicates, self._sql.last_seq(db))
+
+
 def append_batch(db: Executor, sql: Statements, events: Sequence[Event],
                  lines: Sequence[int] | None) -> AppendResult:
-    """Validate ``events`` (already normalized) against the stored facts and insert them.
+    """Validate ``events`` (already normalized) against the stored facts and insert them:
+    :class:`Appender` over a single chunk.
 
     Must run inside one write transaction that the caller commits, or rolls back when this
     raises; that is what makes a batch all-or-nothing.
@@ -240,40 +325,14 @@ def append_batch(db: Executor, sql: Statements, events: Sequence[Event],
         InvalidEvent: the batch breaks a rule (see :mod:`branchpoint.store.validation`).
         ConflictingEvent: an ``event_id`` is stored, or repeated, with other content.
     """
-    last = sql.last_seq(db)
-    if not events:
-        return AppendResult(0, 0, last)
-    ids = [e.event_id for e in events]
-    stored: dict[str, str] = {}
-    if last is not None:  # an empty log holds no digests: skip the lookups
-        for row in sql.stored(db, ids):
-            d = row[1]
-            if d is None:
-                from branchpoint.store.events import digest
-
-                d = digest(event_from_row(row[2:]))
-            stored[row[0]] = d
-    if stored or len(set(ids)) != len(ids):
-        fresh, fresh_lines = drop_duplicates(events, stored, lines)
-    else:  # drop_duplicates would return the batch unchanged; spare it the digests
-        fresh, fresh_lines = list(events), (list(lines) if lines is not None else None)
-    trees, keys = lookups(fresh)
-    roots = sql.roots(db, sorted(trees)) if last is not None else set()
-    # a tree without a stored root has no stored nodes (every event needs the root first)
-    keys_in_stored = sorted(k for k in keys if k[0] in roots)
-    nodes: dict[tuple[str, str], NodeFacts] = {}
-    if keys_in_stored:
-        for t, n, is_root in sql.created(db, keys_in_stored):
-            nodes[(t, n)] = NodeFacts(bool(is_root), False, None)
-        for t, n, done in sql.executed(db, keys_in_stored):
-            nodes[(t, n)] = NodeFacts(False, True, None if done is None else bool(done))
-    check_batch(fresh, Known(frozenset(roots), nodes), fresh_lines)
-    if fresh:
-        rows = [event_row(e) for e in fresh]
-        tree_rows = [r for r in map(tree_row, fresh) if r is not None]
-        sql.insert(db, rows, tree_rows)
-        last = sql.last_seq(db)
-    return AppendResult(len(fresh), len(events) - len(fresh), last)
+    appender = Appender(db, sql)
+    if events:
+        rows, trees = appender.validate(
+            db, events, range(1, len(events) + 1) if lines is None else lines,
+            event_rows(events))
+        if rows:
+            sql.insert(db, rows, trees)
+    return appender.result(db)
 
 
 def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
@@ -283,11 +342,43 @@ def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
 
 # --- SQLite ---------------------------------------------------------------------------------
 
-INSERT_EVENT: Final = (f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "
-                       f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))})")
-INSERT_TREE: Final = (f"INSERT INTO trees ({', '.join(TREE_COLUMNS)}, root_seq) "
-                      f"SELECT {', '.join('?' * len(TREE_COLUMNS))}, seq "
-                      "FROM events WHERE event_id = ?")
+@functools.lru_cache(maxsize=32)
+def insert_events_sql(n: int) -> str:
+    """One INSERT of ``n`` events rows (multi-row VALUES, in order: seq follows it)."""
+    row = f"({', '.join('?' * len(EVENT_COLUMNS))})"
+    return f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES {', '.join([row] * n)}"
+
+
+@functools.lru_cache(maxsize=32)
+def insert_trees_sql(n: int) -> str:
+    """One INSERT of ``n`` trees rows, each taking its root's ``seq`` by ``event_id``."""
+    row = f"({', '.join('?' * (len(TREE_COLUMNS) + 1))})"
+    return (f"INSERT INTO trees ({', '.join(TREE_COLUMNS)}, root_seq) "
+            f"SELECT {', '.join(f'v.column{i + 1}' for i in range(len(TREE_COLUMNS)))}, "
+            f"e.seq FROM (VALUES {', '.join([row] * n)}) AS v "
+            f"JOIN events e ON e.event_id = v.column{len(TREE_COLUMNS) + 1}")
+
+
+def _insert_many(db: Executor, rows: Sequence[tuple[Any, ...]],
+                 sql_for: Callable[[int], str]) -> None:
+    """Insert ``rows`` with as few statements as the parameter limit allows: every full
+    group through one executemany, then the rest. sqlite3 releases the GIL around each
+    statement's step; a statement per row would have the writing thread win the GIL back
+    once per row, which stalls it for a switch interval each time another thread runs
+    Python (a chunk's insert overlaps the next chunk's decoding)."""
+    if not rows:
+        return
+    per = MAX_PARAMS // len(rows[0])
+    full = len(rows) - len(rows) % per
+    if full:
+        db.executemany(sql_for(per), [
+            tuple(itertools.chain.from_iterable(rows[i:i + per]))
+            for i in range(0, full, per)])
+    if full < len(rows):
+        db.execute(sql_for(len(rows) - full),
+                   tuple(itertools.chain.from_iterable(rows[full:])))
+
+
 # The reason of a tree's latest tree_closed, or NULL while it is unfinished.
 SQLITE_CLOSED: Final = ("(SELECT COALESCE(c.reason, json_extract(c.payload, '$.reason')) "
                         "FROM events c WHERE c.type = 'tree_closed' AND c.tree_id = t.tree_id "
@@ -351,9 +442,8 @@ class SqliteStatements:
 
     def insert(self, db: Executor, rows: list[tuple[Any, ...]],
                trees: list[tuple[Any, ...]]) -> None:
-        db.executemany(INSERT_EVENT, rows)
-        if trees:
-            db.executemany(INSERT_TREE, trees)
+        _insert_many(db, rows, insert_events_sql)
+        _insert_many(db, trees, insert_trees_sql)
 
 
 def sqlite_migration(db: Executor) -> list[str]:

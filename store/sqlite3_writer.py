@@ -9,9 +9,9 @@ so both refuse the same batches with the same errors and store identical rows.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from branchpoint.store.errors import InvalidEvent, StoreUnavailable
 from branchpoint.store.events import Event
@@ -26,6 +26,7 @@ from branchpoint.store.sqlbase import (
 __all__ = ["Sqlite3Writer"]
 
 _STATEMENTS = SqliteStatements()
+T = TypeVar("T")
 
 
 class _Cursor:
@@ -64,7 +65,7 @@ class Sqlite3Writer:
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite database {path}: {exc}") from exc
 
-    def _transaction(self, work: Any) -> Any:
+    def _transaction(self, work: Callable[[_Cursor], T]) -> T:
         db = _Cursor(self._con)
         self._con.execute("BEGIN IMMEDIATE")
         try:

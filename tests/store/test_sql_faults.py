@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from branchpoint.store import sqlbase
 from branchpoint.store.errors import InvalidEvent, StoreUnavailable, TreeNotFound
 from branchpoint.store.events import Event
 from branchpoint.store.log import open_log
 from branchpoint.store.sql import SqlEventLog
+from branchpoint.store.validation import Validator
 from tests.store.test_log_contract import Tree, small_tree
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -236,7 +236,7 @@ async def test_a_unique_index_firing_behind_validation_raises_invalid_event_nami
     log = await open_log(db_url)
     try:
         await log.append(before)
-        monkeypatch.setattr(sqlbase, "check_batch", lambda *a, **k: None)
+        monkeypatch.setattr(Validator, "check", lambda *a, **k: None)
         with pytest.raises(InvalidEvent) as err:
             await log.append([Tree("other").root(), bad], lines=[4, 5])
         assert (err.value.event_id, err.value.field, err.value.line) == (
