@@ -97,6 +97,39 @@ def test_batch_size_commits_the_chunks_before_the_bad_one(tmp_path: Path, db: st
     assert stored(db) == ["t1-1", "t1-2", "t1-3", "t1-4"]
 
 
+def test_a_bad_line_after_chunks_went_in_stores_nothing_of_the_file(
+        tmp_path: Path, db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the store gets five chunks of three before line 16
+    monkeypatch.setattr("branchpoint.cli.ingest.CHUNK", 3)
+    good = [encode_event(e) for e in small_tree("t1") + small_tree("t2")]
+    src = jsonl(tmp_path / "in.jsonl", [*good[:15], "{oops", *good[15:]])
+    res = runner.invoke(app, ["ingest", str(src), "--db", db])
+    assert res.exit_code == 1
+    assert "line 16" in res.stderr and "nothing of this batch was stored" in res.stderr
+    assert stored(db) == []
+    # without the bad line, the same chunks make one batch
+    jsonl(src, good)
+    assert runner.invoke(app, ["ingest", str(src), "--db", db]).exit_code == 0
+    assert len(stored(db)) == 16
+
+
+def test_batch_size_batches_span_several_chunks_and_stay_atomic(
+        tmp_path: Path, db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("branchpoint.cli.ingest.CHUNK", 2)
+    t = Tree()
+    events = [t.root(), *(t.node(f"n{i}", "r") for i in range(6)), t.score("ghost", 0.5),
+              t.node("z", "r")]
+    src = jsonl(tmp_path / "in.jsonl", [encode_event(e) for e in events])
+    res = runner.invoke(app, ["ingest", str(src), "--db", db, "--batch-size", "5"])
+    assert res.exit_code == 1
+    assert "line 8" in res.stderr and "earlier batches were" in res.stderr
+    assert stored(db) == [e.event_id for e in events[:5]]
+    ok = jsonl(tmp_path / "ok.jsonl", [encode_event(e) for e in small_tree("t2")])
+    res = runner.invoke(app, ["ingest", str(ok), "--db", db, "--batch-size", "4"])
+    assert res.exit_code == 0, res.stderr
+    assert "stored 8 events, 0 already present" in res.stderr
+
+
 def test_a_conflicting_resend_exits_one_naming_the_event(tmp_path: Path, db: str) -> None:
     events = small_tree()
     jsonl(tmp_path / "a.jsonl", [encode_event(e) for e in events])

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import sqlite3
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,14 @@ from branchpoint.store.events import (
     digest,
     normalize,
 )
-from branchpoint.store.log import EventLog, MemoryEventLog, TreeFilter, iter_events, open_log
+from branchpoint.store.log import (
+    Chunk,
+    EventLog,
+    MemoryEventLog,
+    TreeFilter,
+    iter_events,
+    open_log,
+)
 from branchpoint.store.sqlite3_writer import Sqlite3Writer
 
 T0 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
@@ -289,6 +297,94 @@ async def test_every_backend_refuses_with_the_memory_logs_message(log: EventLog,
         await log.append([bad])
     assert str(got.value) == str(want.value)
     assert type(got.value) is type(want.value)
+
+
+# --- streamed appends: one batch in chunks --------------------------------------------------
+
+
+async def chunked(*chunks: list[Event]) -> AsyncIterator[Chunk]:
+    """The chunks as a producer would hand them over, without line numbers."""
+    for chunk in chunks:
+        await asyncio.sleep(0)
+        yield chunk, None
+
+
+async def test_a_batch_streamed_in_chunks_is_stored_whole_in_order(log: EventLog) -> None:
+    events = small_tree("t1") + small_tree("t2") + small_tree("t3")
+    res = await log.append_stream(chunked(events[:5], events[5:6], [], events[6:]))
+    assert (res.stored, res.duplicates, res.last_seq) == (24, 0, 24)
+    assert without_seq(await log.read_after(0)) == [normalize(e) for e in events]
+    # a plain iterable of chunks, with line numbers, does the same
+    more = small_tree("t4")
+    res = await log.append_stream([(more[:3], [1, 2, 3]), (more[3:], range(4, 9))])
+    assert (res.stored, res.last_seq) == (8, 32)
+
+
+async def test_a_node_may_rely_on_one_created_in_an_earlier_chunk(log: EventLog) -> None:
+    t = Tree()
+    res = await log.append_stream(chunked([t.root(), t.node("a", "r")],
+                                          [t.run("a"), t.node("a1", "a")],
+                                          [t.score("a1", 0.5), t.close()]))
+    assert res.stored == 6
+    assert [h.type for h in await log.read_heads("t1")][-1] == "tree_closed"
+
+
+async def test_a_rule_broken_in_a_late_chunk_stores_nothing_of_the_stream(
+        log: EventLog) -> None:
+    await log.append(small_tree("before"))
+    t = Tree()
+    done = [t.root(), t.node("a", "r"), t.run("a", done=True)]
+    with pytest.raises(InvalidEvent) as err:
+        await log.append_stream(chunked(small_tree("t0"), done, [t.node("a1", "a")]))
+    # lines count across the chunks: 8 events of t0, 3 of t1, then the child
+    assert (err.value.line, err.value.event_id, err.value.field) == (
+        12, "t1-4", "payload.parent_id")
+    assert await count(log) == 8
+    with pytest.raises(TreeNotFound):
+        await log.read_tree("t0")
+
+
+async def test_an_error_raised_by_the_chunks_themselves_stores_nothing(log: EventLog) -> None:
+    async def broken() -> AsyncIterator[Chunk]:
+        yield small_tree("t1"), None
+        yield small_tree("t2"), None
+        raise InvalidEvent("malformed JSON", line=17)  # what a decoding producer raises
+
+    with pytest.raises(InvalidEvent, match="line 17"):
+        await log.append_stream(broken())
+    assert await count(log) == 0
+
+
+async def test_an_event_id_repeated_across_chunks_is_stored_once(log: EventLog) -> None:
+    events = small_tree()
+    res = await log.append_stream(chunked(events[:4], events[2:6], events[5:]))
+    assert (res.stored, res.duplicates) == (8, 3)
+    assert [e.event_id for e in await log.read_tree("t1")] == [e.event_id for e in events]
+
+
+async def test_an_event_id_repeated_across_chunks_with_other_content_is_refused(
+        log: EventLog) -> None:
+    events = small_tree()
+    changed = msgspec.structs.replace(events[1], recorded_at=T0)
+    with pytest.raises(ConflictingEvent) as err:
+        await log.append_stream(chunked(events[:4], events[4:], [changed]))
+    assert (err.value.event_id, err.value.line) == ("t1-2", 9)
+    assert "earlier in this batch" in str(err.value)
+    assert await count(log) == 0
+
+
+@pytest.mark.parametrize("case", REFUSALS, ids=lambda c: c.__name__.strip("_"))
+async def test_a_batch_cut_in_chunks_is_refused_as_the_whole_batch_is(log: EventLog,
+                                                                     case: Case) -> None:
+    before, bad, _ = case(Tree())
+    whole = [Tree("other").root(), *before, bad]
+    with pytest.raises(InvalidEvent) as want:
+        await MemoryEventLog().append(whole)
+    with pytest.raises(InvalidEvent) as got:
+        await log.append_stream(chunked(*([e] for e in whole)))
+    assert str(got.value) == str(want.value)
+    assert type(got.value) is type(want.value)
+    assert await count(log) == 0
 
 
 # --- listing trees ---------------------------------------------------------------------------

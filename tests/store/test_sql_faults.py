@@ -45,32 +45,49 @@ KILLED_WRITER = """
 import asyncio, sys
 from branchpoint.store.log import open_log
 from branchpoint.store.sql import PgStatements
-from branchpoint.store.sqlbase import SqliteStatements
+from branchpoint.store.sqlbase import Appender, SqliteStatements
 from tests.store.test_sql_faults import many_trees
 
 url, mode = sys.argv[1], sys.argv[2]
+
+def hold():
+    print("inserting", flush=True)
+    sys.stdin.readline()  # hold the transaction open until killed
+
 for cls in (SqliteStatements, PgStatements):
     def insert(self, db, rows, trees, real=cls.insert):
-        big = len(rows) > 1000  # the second batch
-        if big and mode == "during_insert":
+        if len(rows) > 1000 and mode == "during_insert":  # the second batch
             print("inserting", flush=True)
         real(self, db, rows, trees)
-        if big and mode == "before_commit":
-            print("inserting", flush=True)
-            sys.stdin.readline()  # hold the transaction open until killed
     cls.insert = insert
+
+def result(self, db, real=Appender.result):
+    if self.stored > 1000 and mode == "before_commit":
+        hold()  # every row of the second batch is in, not committed
+    return real(self, db)
+Appender.result = result
+
+async def chunks():
+    events = many_trees(10, 2000)
+    for i in range(0, len(events), 2000):
+        if i == 8000:
+            hold()  # four chunks inserted, the stream goes on
+        yield events[i:i + 2000], None
 
 async def main():
     log = await open_log(url)
     await log.append(many_trees(0, 10))
-    await log.append(many_trees(10, 2000))  # 15,920 events: killed in the middle
+    if mode == "mid_stream":
+        await log.append_stream(chunks())
+    else:
+        await log.append(many_trees(10, 2000))  # 15,920 events: killed in the middle
 
 asyncio.run(main())
 """
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["before_commit", "during_insert"])
+@pytest.mark.parametrize("mode", ["before_commit", "during_insert", "mid_stream"])
 async def test_a_writer_killed_mid_batch_leaves_that_batch_wholly_present_or_absent(
         db_url: str, mode: str) -> None:
     proc = _child(KILLED_WRITER, db_url, mode)
@@ -85,12 +102,12 @@ async def test_a_writer_killed_mid_batch_leaves_that_batch_wholly_present_or_abs
     try:
         stored = len(await log.read_after(0, limit=100_000))
         first = len(many_trees(0, 10))
-        if mode == "before_commit":
+        if mode == "during_insert":
+            assert stored in (first, len(many_trees(0, 2000)))
+        else:
             assert stored == first
             with pytest.raises(TreeNotFound):
                 await log.read_tree("f10")
-        else:
-            assert stored in (first, len(many_trees(0, 2000)))
         # and the log takes new appends after the crash
         assert (await log.append(small_tree("after"))).stored == 8
     finally:
