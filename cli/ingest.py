@@ -46,8 +46,8 @@ class _Reader:
             events.append(decode_event(raw, line=number))
             lines.append(number)
             if len(events) % _YIELD_EVERY == 0:
-                # the store's insert of the previous chunk waits on the loop between its
-                # statements; its SQLite work itself runs in another thread meanwhile
+                # the store inserts the previous chunk meanwhile (SQLite in aiosqlite's
+                # thread); where that needs the event loop (PostgreSQL's I/O), it gets it
                 await asyncio.sleep(0)
             if len(events) == CHUNK or len(events) == left:
                 yield events, lines

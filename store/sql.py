@@ -72,15 +72,6 @@ class _Collided(Exception):
         self.events, self.lines, self.exc = events, lines, exc
 
 
-def _validate(conn: Connection, appender: Appender, events: list[Event],
-              lines: Sequence[int], rows: list[tuple[Any, ...]]
-              ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    return appender.validate(_SaExecutor(conn), events, lines, rows)
-
-
-def _result(conn: Connection, appender: Appender) -> AppendResult:
-    return appender.result(_SaExecutor(conn))
-
 T = TypeVar("T")
 
 BUSY_TIMEOUT_S: Final = 60.0
@@ -122,6 +113,16 @@ class _Recorder:
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self.statements.append((sql, list(rows), True))
+
+
+def _validate(conn: Connection, appender: Appender, events: list[Event],
+              lines: Sequence[int], rows: list[tuple[Any, ...]]
+              ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    return appender.validate(_SaExecutor(conn), events, lines, rows)
+
+
+def _result(conn: Connection, appender: Appender) -> AppendResult:
+    return appender.result(_SaExecutor(conn))
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------
@@ -479,15 +480,15 @@ class SqlEventLog:
                              events: list[Event], lines: Sequence[int]) -> None:
         """Wait for every statement of a SQLite insert (none may still be running when the
         transaction ends) and translate the first error."""
+        # (the cursors returned hold nothing once an INSERT has run: no close round trip)
         for outcome in await asyncio.gather(*statements, return_exceptions=True):
             if isinstance(outcome, sqlite3.IntegrityError):
                 raise _Collided(events, lines, outcome)
+            if isinstance(outcome, sqlite3.Error):
+                raise StoreUnavailable(f"append failed on {self._where}: "
+                                       f"{_driver_message(outcome)}") from outcome
             if isinstance(outcome, BaseException):
-                if isinstance(outcome, sqlite3.Error):
-                    raise StoreUnavailable(f"append failed on {self._where}: "
-                                           f"{_driver_message(outcome)}") from outcome
                 raise outcome
-            await outcome.close()  # an aiosqlite cursor
 
     async def _collision(self, evs: list[Event], lines: Sequence[int],
                          exc: Exception) -> InvalidEvent:
