@@ -20,9 +20,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/branchpoint demo --policy expert --out runs/demo
 
-## Every test, PostgreSQL included (started if it is down).
+## Every test, PostgreSQL included (started if it is down), after ruff and strict mypy.
 test: $(STAMP)
 	bash scripts/ensure-postgres.sh
+	$(BIN)/ruff check .
+	bash scripts/typecheck.sh
 	$(BIN)/python -m pytest -q
 
 ## The tests without the slow ones (training, subprocess fault injection).
