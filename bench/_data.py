@@ -121,3 +121,24 @@ def write_jsonl(path: Path | str, events: Iterator[Event]) -> int:
             fh.write(b"\n")
             n += 1
     return n
+
+
+def write_sqlite(path: Path, events: Iterator[Event], batch_size: int = 5000) -> int:
+    """Store ``events`` in a new SQLite log at ``path`` through the stdlib writer, in
+    batches of at least ``batch_size`` that end on a closed tree; returns the count."""
+    from branchpoint.store.sqlite3_writer import Sqlite3Writer
+
+    writer = Sqlite3Writer(path)
+    batch: list[Event] = []
+    n = 0
+    for ev in events:
+        batch.append(ev)
+        if len(batch) >= batch_size and ev.type == "tree_closed":
+            writer.append(batch)
+            n += len(batch)
+            batch = []
+    if batch:
+        writer.append(batch)
+        n += len(batch)
+    writer.close()
+    return n

@@ -22,9 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _data import events_per_tree, synthetic_events
-
-from branchpoint.store.sqlite3_writer import Sqlite3Writer
+from _data import events_per_tree, synthetic_events, write_sqlite
 
 TARGET_BYTES = 500 * 10**6
 BRANCHING, DEPTH = 3, 3
@@ -41,19 +39,8 @@ finally:
 
 
 def build_store(path: Path, n_trees: int) -> int:
-    writer = Sqlite3Writer(path)
-    batch, n = [], 0
-    for ev in synthetic_events(n_trees, BRANCHING, DEPTH, seed=2):
-        batch.append(ev)
-        if len(batch) >= 20_000 and ev.type == "tree_closed":
-            writer.append(batch)
-            n += len(batch)
-            batch = []
-    if batch:
-        writer.append(batch)
-        n += len(batch)
-    writer.close()
-    return n
+    events = synthetic_events(n_trees, BRANCHING, DEPTH, seed=2)
+    return write_sqlite(path, events, batch_size=20_000)
 
 
 def export(db: Path, out: Path) -> tuple[float, int, int]:

@@ -36,12 +36,11 @@ from typing import TypeVar
 import networkx as nx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _data import events_per_tree, synthetic_events
+from _data import events_per_tree, synthetic_events, write_sqlite
 
 from branchpoint.store.events import EventHead
 from branchpoint.store.sql import SqlEventLog
 from branchpoint.store.sqlbase import HEAD_SELECT, head_from_row
-from branchpoint.store.sqlite3_writer import Sqlite3Writer
 from branchpoint.store.tree import fold
 
 RATIO_TARGET = 0.5
@@ -50,19 +49,7 @@ T = TypeVar("T")
 
 
 def build_store(path: Path, n_trees: int, branching: int, depth: int) -> int:
-    writer = Sqlite3Writer(path)
-    batch, n = [], 0
-    for ev in synthetic_events(n_trees, branching, depth, seed=1):
-        batch.append(ev)
-        if len(batch) >= 5000 and ev.type == "tree_closed":
-            writer.append(batch)
-            n += len(batch)
-            batch = []
-    if batch:
-        writer.append(batch)
-        n += len(batch)
-    writer.close()
-    return n
+    return write_sqlite(path, synthetic_events(n_trees, branching, depth, seed=1), batch_size=5000)
 
 
 def plain_graph(tree_id: str, heads: list[EventHead]) -> nx.DiGraph:
