@@ -22,6 +22,7 @@ import msgspec
 
 from branchpoint.store.errors import InvalidEvent, TreeNotFound
 from branchpoint.store.events import (
+    ActionExecuted,
     Event,
     EventHead,
     HeadRow,
@@ -289,9 +290,8 @@ class MemoryEventLog:
                 self._trees[ev.tree_id] = TreeSummary(
                     ev.tree_id, task["env"], task["task_id"], p.origin, ev.recorded_at,
                     ev.seq or 0)
-        elif ev.type == "action_executed":
-            key = (ev.tree_id, ev.payload.node_id)  # type: ignore[union-attr]
-            self._facts[key] = NodeFacts(False, True, ev.payload.done)  # type: ignore[union-attr]
+        elif isinstance(p, ActionExecuted):
+            self._facts[(ev.tree_id, p.node_id)] = NodeFacts(False, True, p.done)
         elif isinstance(p, TreeClosed):
             self._trees[ev.tree_id] = msgspec.structs.replace(self._trees[ev.tree_id],
                                                               closed=p.reason)
