@@ -7,6 +7,7 @@ import gc
 import sys
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, BinaryIO
 
@@ -61,11 +62,19 @@ class _Reader:
             yield events, lines
 
 
-async def _ingest(source: BinaryIO, db: str, batch_size: int | None) -> tuple[int, int]:
+@dataclass
+class _Tally:
+    """What the committed batches did; read it even when a later batch failed."""
+
+    stored: int = 0
+    duplicates: int = 0
+    batches: int = 0
+
+
+async def _ingest(source: BinaryIO, db: str, batch_size: int | None, tally: _Tally) -> None:
     from branchpoint.store.log import open_log
 
     log = await open_log(db)
-    stored = duplicates = 0
     reader = _Reader(source)
     # Cyclic GC passes over hundreds of thousands of event dicts cost more than the whole
     # ingest, and decoded events hold no cycles.
@@ -75,11 +84,12 @@ async def _ingest(source: BinaryIO, db: str, batch_size: int | None) -> tuple[in
             # one atomic batch: the whole file, or the next batch_size events
             async with aclosing(reader.batch(batch_size)) as chunks:
                 res = await log.append_stream(chunks, normalized=True)
-            stored, duplicates = stored + res.stored, duplicates + res.duplicates
+            tally.stored += res.stored
+            tally.duplicates += res.duplicates
+            tally.batches += 1
     finally:
         gc.enable()
         await log.close()
-    return stored, duplicates
 
 
 def register(app: typer.Typer) -> None:
@@ -94,18 +104,20 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Append events from a JSON Lines file; the whole file is one atomic batch unless
         --batch-size is given. Events already stored with identical content are skipped."""
+        tally = _Tally()
         try:
             if file == "-":
-                stored, dups = asyncio.run(_ingest(sys.stdin.buffer, db, batch_size))
+                asyncio.run(_ingest(sys.stdin.buffer, db, batch_size, tally))
             else:
                 path = Path(file)
                 if not path.is_file():
                     raise fail(f"no such file: {file}", 2)
                 with path.open("rb") as fh:
-                    stored, dups = asyncio.run(_ingest(fh, db, batch_size))
+                    asyncio.run(_ingest(fh, db, batch_size, tally))
         except InvalidEvent as exc:
             msg = f"{exc}; nothing of this batch was stored"
-            raise fail(msg if not batch_size else msg + " (earlier batches were)") from None
-        except BranchpointError as exc:
+            raise fail(msg + " (earlier batches were)" if tally.batches else msg) from None
+        except (BranchpointError, ValueError) as exc:  # ValueError: a --db URL of no backend
             raise fail(str(exc)) from None
-        typer.echo(f"stored {stored} events, {dups} already present", err=True)
+        typer.echo(f"stored {tally.stored} events, {tally.duplicates} already present",
+                   err=True)

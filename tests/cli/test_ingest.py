@@ -97,6 +97,26 @@ def test_batch_size_commits_the_chunks_before_the_bad_one(tmp_path: Path, db: st
     assert stored(db) == ["t1-1", "t1-2", "t1-3", "t1-4"]
 
 
+def test_batch_size_claims_no_earlier_batches_when_the_first_one_fails(
+        tmp_path: Path, db: str) -> None:
+    t = Tree()
+    events = [t.root(), t.score("ghost", 0.5), t.node("a", "r")]
+    src = jsonl(tmp_path / "in.jsonl", [encode_event(e) for e in events])
+    res = runner.invoke(app, ["ingest", str(src), "--db", db, "--batch-size", "2"])
+    assert res.exit_code == 1
+    assert "line 2" in res.stderr and "nothing of this batch was stored" in res.stderr
+    assert "earlier batches" not in res.stderr
+    assert stored(db) == []
+
+
+def test_a_db_url_of_no_backend_exits_one_with_a_message(tmp_path: Path) -> None:
+    src = jsonl(tmp_path / "in.jsonl", [encode_event(e) for e in small_tree()])
+    res = runner.invoke(app, ["ingest", str(src), "--db", "nosuchdb://x"])
+    assert res.exit_code == 1
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert "error: unsupported database 'nosuchdb'" in res.stderr
+
+
 def test_a_bad_line_after_chunks_went_in_stores_nothing_of_the_file(
         tmp_path: Path, db: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # the store gets five chunks of three before line 16
