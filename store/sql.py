@@ -517,8 +517,9 @@ class SqlEventLog:
         found = await self._guard(go(), "append")
         i, field = found if found is not None else (0, None)
         line = lines[i] if lines else None
+        # (InvalidEvent itself says that nothing of the batch was stored; the CLI adds it)
         return InvalidEvent("conflicts with an event stored by a concurrent writer "
-                            f"({_driver_message(exc)}); nothing of this batch was stored",
+                            f"({_driver_message(exc)})",
                             line=line, event_id=evs[i].event_id if evs else None,
                             field=field)
 
