@@ -61,7 +61,7 @@ import networkx as nx
 from branchpoint.store.events import ActionExecuted, Event, NodeCreated
 from branchpoint.store.log import EventLog, TreeFilter, TreeSummary
 from branchpoint.store.pairs import DEFAULT_MARGIN, TOLERANCE, Counts, extract_pairs
-from branchpoint.store.tree import apply, fold, new_tree
+from branchpoint.store.tree import fold
 from branchpoint.store.values import Reduce, node_values, own_score
 
 __all__ = [
@@ -113,7 +113,8 @@ class TreeView:
 
     def __init__(self, tree_id: str, events: Sequence[Event], options: ExportOptions) -> None:
         self.tree_id = tree_id
-        self.graph: nx.DiGraph = new_tree(tree_id)
+        # one fold of the whole tree: apply() per event would clear networkx's cache each time
+        self.graph: nx.DiGraph = fold(tree_id, [ev.head() for ev in events])
         self.actions: dict[str, Message] = {}
         self.observations: dict[str, list[Message]] = {}
         self.root_messages: list[Message] = []
@@ -121,7 +122,6 @@ class TreeView:
         self.env = ""
         self.task_id: str | int = ""
         for ev in events:
-            apply(self.graph, ev.head())
             p = ev.payload
             if isinstance(p, NodeCreated):
                 if p.parent_id is None:
