@@ -204,7 +204,7 @@ def summary_from_row(row: Sequence[Any]) -> TreeSummary:
 
 
 class Executor(Protocol):
-    """The two calls the statements need from a connection inside a transaction."""
+    """The three calls the statements need from a connection inside a transaction."""
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]: ...
 
