@@ -73,7 +73,6 @@ __all__ = [
     "render_message",
 ]
 
-Format = Literal["dpo", "steps", "sft", "trajectory-pairs", "stepwise"]
 FORMATS: Final[tuple[str, ...]] = ("dpo", "steps", "sft", "trajectory-pairs", "stepwise")
 Message = dict[str, Any]
 
