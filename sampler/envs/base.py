@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -262,6 +263,9 @@ def _type_name(value: Any) -> str:
     return "object" if isinstance(value, dict) else type(value).__name__
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _fits(value: Any, kind: str) -> bool:
     actual = _type_name(value)
     if kind == "number":
@@ -275,6 +279,10 @@ def _value_error(value: Any, schema: dict[str, Any], where: str) -> str | None:
     if kinds and not any(_fits(value, k) for k in kinds):
         want = " or ".join(_JSON_TYPES.get(k, k) for k in kinds)
         return f"{where} must be {want}, got {_type_name(value)}"
+    if isinstance(value, str) and _SURROGATE.search(value):
+        # JSON may escape a lone surrogate ("\\ud800"); it is no text a file or database
+        # can hold, so it is refused here rather than raising deep inside a tool.
+        return f"{where} is not valid Unicode text (a lone surrogate)"
     if "enum" in schema and value not in schema["enum"]:
         options = ", ".join(json.dumps(v) for v in schema["enum"])
         return f"{where} must be one of {options}, got {json.dumps(value)}"
@@ -310,7 +318,8 @@ def argument_error(tool: dict[str, Any], arguments: Any) -> str | None:
     """What is wrong with ``arguments`` for ``tool`` (an OpenAI tool schema or its
     ``function`` part), or None when they fit: required parameters present, no parameter
     the schema does not name (unless ``additionalProperties`` allows it), each value of its
-    JSON type (an integer is a number; a boolean is neither) and in its ``enum``.
+    JSON type (an integer is a number; a boolean is neither), in its ``enum``, and no string
+    holding a lone surrogate.
 
     The text is what the agent is shown, prefixed with the tool's name, e.g.
     ``mv: missing required argument 'dst'``.

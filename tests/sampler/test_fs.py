@@ -195,3 +195,16 @@ def test_the_expert_needs_at_least_four_steps_and_never_peeks():
             action = expert.act(messages)
             messages += [action, *env.step(action).observation]
         assert env.steps >= 6
+
+
+@pytest.mark.parametrize("backend", ["memory", "disk"])
+def test_a_lone_surrogate_in_written_text_is_an_error_on_both_backends(backend):
+    action = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function",
+         "function": {"name": "write", "arguments": '{"path": "/a.txt", "text": "\\ud800"}'}}]}
+    with FsEnv(1, backend=backend) as env:
+        env.reset()
+        result = env.step(action)
+        assert result.observation[0]["content"] == (
+            "error: write: argument 'text' is not valid Unicode text (a lone surrogate)")
+        assert "/a.txt" not in env.state()
