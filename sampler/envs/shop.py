@@ -428,6 +428,12 @@ class ShopEnv(ToolEnvironment):
                 {"role": "user", "content": self.spec.message}]
 
     def _call(self, name: str, arguments: dict[str, Any]) -> Outcome:
+        try:
+            return self._run(name, arguments)
+        except OverflowError:  # an id past SQLite's 64-bit integers names no row
+            return Outcome(f"error: {name}: a number is too large")
+
+    def _run(self, name: str, arguments: dict[str, Any]) -> Outcome:
         api = _Api(self.conn)
         if name == "find_customer":
             text, cid = api.find_customer(arguments["query"])

@@ -504,3 +504,17 @@ def test_a_request_about_someone_elses_order_must_be_refused(envs):
     wrong.step(call(change, args))
     wrong.step(say("done"))
     assert not wrong.check().success and wrong.check().score < right.check().score
+
+
+@pytest.mark.parametrize("action", [
+    say("get_order 99999999999999999999999"),
+    call("get_product", {"product_id": -(2 ** 70)}),
+    call("find_customer", '{"query": "\\ud800"}'),
+    say('find_customer "ana\\udfff"'),
+])
+def test_numbers_sqlite_cannot_hold_and_lone_surrogates_cost_a_step(envs, action):
+    env = envs(3, backend="disk")
+    env.reset()
+    result = env.step(action)
+    assert result.done is False and env.steps == 1
+    assert contents(result.observation)[0].startswith("error: ")
