@@ -1,9 +1,10 @@
 """Turning environment play into events.
 
 :class:`TreeRecorder` is the one place the sampler (and the demo) mints ids and reads the
-clock for events. Ids are derived from the tree id and the node id, so recording the same
-play twice yields the same events and the second append is a no-op: a crashed run can be
-re-run without duplicating anything.
+clock for events. Ids are derived from the tree id and the node id, so re-sending a batch
+of these events is a no-op. Recording the same play again is not: the new events carry new
+times (``recorded_at``, ``latency_ms``), and the store refuses them as conflicting. A re-run
+must therefore skip trees already stored, as the demo does.
 """
 
 from __future__ import annotations
