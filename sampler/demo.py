@@ -16,7 +16,6 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from branchpoint.sampler.envs.base import Environment, tasks_in_split
@@ -148,7 +147,3 @@ def histogram(scores: Sequence[float], bins: int = 10) -> list[int]:
     for s in scores:
         counts[min(int(s * bins), bins - 1)] += 1
     return counts
-
-
-def default_out() -> Path:
-    return Path("runs/demo")
