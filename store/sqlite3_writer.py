@@ -58,11 +58,15 @@ class Sqlite3Writer:
             # isolation_level=None: the module issues no BEGIN of its own; we do, IMMEDIATE
             self._con = sqlite3.connect(str(path), timeout=busy_timeout_s,
                                         isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite database {path}: {exc}") from exc
+        try:
             self._con.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
             self._con.execute("PRAGMA journal_mode = WAL")
             self._con.execute("PRAGMA synchronous = NORMAL")
             self._transaction(lambda db: run_migration(db, sqlite_migration))
         except sqlite3.Error as exc:
+            self._con.close()  # the caller gets no writer to close
             raise StoreUnavailable(f"cannot open SQLite database {path}: {exc}") from exc
 
     def _transaction(self, work: Callable[[_Cursor], T]) -> T:

@@ -9,7 +9,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from branchpoint.store.errors import ConflictingEvent
+from branchpoint.store.errors import ConflictingEvent, StoreUnavailable
 from branchpoint.store.events import canonical_payload, normalize
 from branchpoint.store.log import TreeFilter, open_log
 from branchpoint.store.sqlbase import SCHEMA_VERSION
@@ -120,3 +120,21 @@ async def test_migrating_twice_changes_nothing(tmp_path: Path) -> None:
     assert con.execute("SELECT count(*) FROM schema_version").fetchone() == (1,)
     assert con.execute("SELECT count(*) FROM trees").fetchone() == (2,)
     con.close()
+
+
+def test_a_writer_on_a_file_that_is_not_a_database_closes_its_connection(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    closed: list[bool] = []
+
+    class Watched(sqlite3.Connection):
+        def close(self) -> None:
+            closed.append(True)
+            super().close()
+
+    real = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: real(*a, factory=Watched, **k))
+    bad = tmp_path / "not.db"
+    bad.write_bytes(b"not a SQLite database, just text " * 100)
+    with pytest.raises(StoreUnavailable, match="cannot open SQLite database"):
+        Sqlite3Writer(bad)
+    assert closed == [True]
