@@ -104,7 +104,10 @@ class _Known:
     responses: int = 0
 
 
-def _read(turns: list[Turn]) -> _Known:
+def _read(turns: list[Turn], who: Identity) -> _Known:
+    """What the conversation has shown. A ``find_customer`` answer counts only when it is
+    the customer of the opening message: a prefix written by someone else (a model) may
+    have looked up another customer, and the expert must not act for that one."""
     k = _Known()
     for t in turns:
         name, args = t.call.name, t.call.arguments
@@ -117,7 +120,8 @@ def _read(turns: list[Turn]) -> _Known:
             continue
         out = t.output
         if name == "find_customer":
-            k.customer = int(out.split(":", 1)[0].split()[1])
+            if (who.email and who.email in out) or (who.name and who.name in out):
+                k.customer = int(out.split(":", 1)[0].split()[1])
         elif name == "list_orders":
             for line in out.splitlines():
                 m = re.match(r"order (\d+): [a-z]+, \$[\d.]+, (.*)$", line)
@@ -161,7 +165,7 @@ class ShopExpert(Expert):
         user = next((text_of(m.get("content")) for m in opening if m.get("role") == "user"),
                     None) or ""
         who, requests = parse_request(user)
-        plan = _Plan(_read(turns), turns, rng, wrong, self)
+        plan = _Plan(_read(turns, who), turns, rng, wrong, self)
         if plan.k.customer is None:
             query = who.email or who.name or ""
             if self.failed_before(turns, "find_customer", {"query": query}):

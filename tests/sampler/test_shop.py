@@ -518,3 +518,18 @@ def test_numbers_sqlite_cannot_hold_and_lone_surrogates_cost_a_step(envs, action
     result = env.step(action)
     assert result.done is False and env.steps == 1
     assert contents(result.observation)[0].startswith("error: ")
+
+
+def test_the_expert_does_not_act_for_a_customer_someone_else_looked_up(envs):
+    # A prefix written by a model may have found another customer; continuing it, the
+    # expert finds the customer of the opening message before touching any order.
+    env = envs(3)
+    other = env.spec.customers[1]
+    messages = list(env.reset().messages)
+    wrong = call("find_customer", {"query": f"{other.first} {other.last}"})
+    messages += [wrong, *env.step(wrong).observation]
+    assert f"customer {other.id}:" in messages[-1]["content"]
+    nxt = env.expert().act(messages)
+    fn = nxt["tool_calls"][0]["function"]
+    assert fn["name"] == "find_customer"
+    assert other.last not in json.loads(fn["arguments"])["query"]
