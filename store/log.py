@@ -136,6 +136,7 @@ class EventLog(Protocol):
 
         Raises:
             TreeNotFound: no event of that tree is stored.
+            StoreUnavailable: the database cannot be reached.
         """
         ...
 
@@ -144,6 +145,7 @@ class EventLog(Protocol):
 
         Raises:
             TreeNotFound: no event of that tree is stored.
+            StoreUnavailable: the database cannot be reached.
         """
         ...
 
@@ -166,11 +168,19 @@ class EventLog(Protocol):
 
     async def read_after(self, seq: int = 0, *, limit: int = 1000) -> list[Event]:
         """Up to ``limit`` events with ``seq`` greater than ``seq``, in order. A reader that
-        has seen ``seq`` N never later meets a new event at or below N."""
+        has seen ``seq`` N never later meets a new event at or below N.
+
+        Raises:
+            StoreUnavailable: the database cannot be reached.
+        """
         ...
 
     async def list_trees(self, where: TreeFilter | None = None) -> list[TreeSummary]:
-        """Trees matching ``where``, oldest first."""
+        """Trees matching ``where``, oldest first.
+
+        Raises:
+            StoreUnavailable: the database cannot be reached.
+        """
         ...
 
     async def close(self) -> None:
@@ -180,7 +190,11 @@ class EventLog(Protocol):
 
 async def iter_events(log: EventLog, after: int = 0, *, page: int = 1000
                       ) -> AsyncIterator[Event]:
-    """Every event after ``after``, page by page, for catch-up readers."""
+    """Every event after ``after``, page by page, for catch-up readers.
+
+    Raises:
+        StoreUnavailable: as :meth:`EventLog.read_after`.
+    """
     while True:
         batch = await log.read_after(after, limit=page)
         if not batch:
