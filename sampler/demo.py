@@ -76,25 +76,37 @@ def grow_tree(env_name: str, task_id: int, config: DemoConfig,
     recorder = TreeRecorder(tree_id, origin="sampler")
     rng = random.Random(f"{env_name}/{task_id}")
     scores: list[float] = []
-    forks: list[tuple[str, Environment, list[dict[str, Any]]]] = []
+    # The branch points are a uniform sample of the main line's steps, drawn while it is
+    # played (reservoir sampling): its length is unknown until it ends, and holding a fork
+    # of every step would cost a sandbox each on environments that fork on disk.
+    forks: list[tuple[int, str, Environment, list[dict[str, Any]]]] = []
+    steps = 0
 
     def keep_fork(node: str, env: Environment, messages: list[dict[str, Any]]) -> None:
-        forks.append((node, fork(env), messages))
+        nonlocal steps
+        slot = len(forks) if len(forks) < config.branch_points else rng.randint(0, steps)
+        steps += 1
+        if slot < config.branch_points:
+            kept = (steps, node, fork(env), messages)
+            if slot < len(forks):
+                forks[slot][2].close()
+                forks[slot] = kept
+            else:
+                forks.append(kept)
 
     env = make_env(env_name, task_id)
     try:
-        opening = env.reset()
-        root = recorder.root(env.task, opening)
-        leaf = _play(env, recorder, list(opening.messages), root, seed=f"{task_id}/main",
-                     mistakes=config.mistakes, on_step=keep_fork)
-        check = env.check()
-        recorder.score(leaf, check)
-        scores.append(check.score)
-    finally:
-        env.close()
-    chosen = rng.sample(forks, min(config.branch_points, len(forks)))
-    try:
-        for node, snapshot, messages in chosen:
+        try:
+            opening = env.reset()
+            root = recorder.root(env.task, opening)
+            leaf = _play(env, recorder, list(opening.messages), root, seed=f"{task_id}/main",
+                         mistakes=config.mistakes, on_step=keep_fork)
+            check = env.check()
+            recorder.score(leaf, check)
+            scores.append(check.score)
+        finally:
+            env.close()
+        for _, node, snapshot, messages in sorted(forks, key=lambda f: f[0]):
             for j in range(config.branches):
                 branch = fork(snapshot)
                 try:
@@ -106,7 +118,7 @@ def grow_tree(env_name: str, task_id: int, config: DemoConfig,
                 finally:
                     branch.close()
     finally:
-        for _, snapshot, _ in forks:
+        for _, _, snapshot, _ in forks:
             snapshot.close()
     recorder.close("done")
     return recorder.events, scores

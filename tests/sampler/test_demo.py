@@ -80,3 +80,30 @@ async def test_the_demo_trains_on_training_tasks_only():
     task_ids = [t.task_id for t in await log.list_trees()]
     assert len(task_ids) == 60
     assert {split_of(int(t)) for t in task_ids} == {"train"}
+
+
+def test_the_demo_holds_no_more_forks_than_it_branches_from(monkeypatch):
+    from branchpoint.sampler import demo
+
+    live: set[int] = set()
+    most = 0
+
+    def counting_fork(env):
+        nonlocal most
+        child = demo_fork(env)
+        live.add(id(child))
+        most = max(most, len(live))
+        real_close = child.close
+
+        def close():
+            live.discard(id(child))
+            real_close()
+
+        child.close = close
+        return child
+
+    demo_fork = demo.fork
+    monkeypatch.setattr(demo, "fork", counting_fork)
+    grow_tree("fs", 2, DemoConfig(mistakes=0.3, branch_points=2, branches=2))
+    assert not live, "a fork was left open"
+    assert most <= 2 + 1  # the kept branch points, plus the branch being played
