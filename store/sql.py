@@ -430,8 +430,10 @@ class SqlEventLog:
                     if insert is not None:
                         await insert
                 finally:
-                    if insert is not None and not insert.done():
-                        # the chunks failed: let the insert leave the connection first
+                    if insert is not None:
+                        # the chunks failed: let the insert leave the connection first, and
+                        # read its outcome even when it already ended (else asyncio warns
+                        # that an exception was never retrieved)
                         await asyncio.gather(insert, return_exceptions=True)
                 return await conn.run_sync(_result, appender)
 
