@@ -497,20 +497,7 @@ class SqlEventLog:
         """The error for a chunk a unique index refused: names its first event that
         collides with a stored row."""
         def find(conn: Connection) -> tuple[int, str] | None:
-            db = _SaExecutor(conn)
-            ids = {r[0] for r in self._sql.stored(db, [e.event_id for e in evs])}
-            keys = sorted({(e.tree_id, e.node_id) for e in evs if e.node_id is not None})
-            created = {(r[0], r[1]) for r in self._sql.created(db, keys)} if keys else set()
-            executed = {(r[0], r[1]) for r in self._sql.executed(db, keys)} if keys else set()
-            for i, e in enumerate(evs):
-                key = (e.tree_id, e.node_id)
-                if e.event_id in ids:
-                    return i, "event_id"
-                if e.type == "node_created" and key in created:
-                    return i, "payload.node_id"
-                if e.type == "action_executed" and key in executed:
-                    return i, "payload.node_id"
-            return None
+            return sqlbase.first_collision(_SaExecutor(conn), self._sql, evs)
 
         async def go() -> tuple[int, str] | None:
             async with self._engine.connect() as conn:

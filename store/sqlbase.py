@@ -51,6 +51,7 @@ __all__ = [
     "event_from_row",
     "event_row",
     "event_rows",
+    "first_collision",
     "head_from_row",
     "heads_by_tree",
     "schema_statements",
@@ -333,6 +334,26 @@ def append_batch(db: Executor, sql: Statements, events: Sequence[Event],
         if rows:
             sql.insert(db, rows, trees)
     return appender.result(db)
+
+
+def first_collision(db: Executor, sql: Statements, events: Sequence[Event]
+                    ) -> tuple[int, str] | None:
+    """After a unique index refused a batch that validation passed (only a writer that
+    skipped the write lock can cause that): the position and field of the batch's first
+    event that collides with a stored row, or None when none does any more."""
+    ids = {r[0] for r in sql.stored(db, [e.event_id for e in events])}
+    keys = sorted({(e.tree_id, e.node_id) for e in events if e.node_id is not None})
+    created = {(r[0], r[1]) for r in sql.created(db, keys)} if keys else set()
+    executed = {(r[0], r[1]) for r in sql.executed(db, keys)} if keys else set()
+    for i, e in enumerate(events):
+        key = (e.tree_id, e.node_id)
+        if e.event_id in ids:
+            return i, "event_id"
+        if e.type == "node_created" and key in created:
+            return i, "payload.node_id"
+        if e.type == "action_executed" and key in executed:
+            return i, "payload.node_id"
+    return None
 
 
 def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:

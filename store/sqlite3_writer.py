@@ -19,6 +19,7 @@ from branchpoint.store.log import AppendResult, normalize_batch
 from branchpoint.store.sqlbase import (
     SqliteStatements,
     append_batch,
+    first_collision,
     run_migration,
     sqlite_migration,
 )
@@ -98,8 +99,12 @@ class Sqlite3Writer:
                 lambda db: append_batch(db, _STATEMENTS, evs, lines))
         except sqlite3.IntegrityError as exc:
             # Only a writer that skipped BEGIN IMMEDIATE can race us past validation.
+            found = first_collision(_Cursor(self._con), _STATEMENTS, evs)
+            i, field = found if found is not None else (0, None)
             raise InvalidEvent(f"conflicts with an event stored concurrently ({exc})",
-                               event_id=evs[0].event_id if evs else None) from exc
+                               line=(lines[i] if lines is not None else i + 1) if evs else None,
+                               event_id=evs[i].event_id if evs else None,
+                               field=field) from exc
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"SQLite append failed: {exc}") from exc
 
