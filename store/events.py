@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, NamedTuple
 
@@ -51,7 +51,7 @@ __all__ = [
     "TreeClosed",
     "canonical_payload",
     "decode_event",
-    "decode_lines",
+    "decode_payload",
     "digest",
     "encode_event",
     "normalize",
@@ -261,8 +261,7 @@ def _from_envelope(env: _Envelope, line: int | None) -> Event:
         raise fail("must be a non-empty string", "event_id")
     if not env.tree_id:
         raise fail("must be a non-empty string", "tree_id")
-    cls = PAYLOAD_TYPES.get(env.type)
-    if cls is None:
+    if env.type not in PAYLOAD_TYPES:
         raise fail(f"unknown event type {env.type!r}; expected one of {list(EVENT_TYPES)}", "type")
     if not 1 <= env.version <= CURRENT_VERSION:
         raise fail(f"unsupported version {env.version}; this store reads 1..{CURRENT_VERSION}",
@@ -270,13 +269,7 @@ def _from_envelope(env: _Envelope, line: int | None) -> Event:
     if env.recorded_at.tzinfo is None:
         raise fail("must carry a UTC offset, e.g. 2026-01-01T10:00:00Z", "recorded_at")
     try:
-        if env.version == CURRENT_VERSION:
-            payload = _payload_decoders[env.type].decode(env.payload)
-        else:
-            raw = _json_decoder.decode(env.payload)
-            for v in range(env.version, CURRENT_VERSION):
-                raw = UPCASTERS[(env.type, v)](raw)
-            payload = msgspec.convert(raw, cls)
+        payload = decode_payload(env.type, env.version, env.payload)
     except msgspec.ValidationError as exc:
         reason, field = _located(exc, "payload")
         raise fail(reason, field) from None
@@ -292,12 +285,20 @@ def _from_envelope(env: _Envelope, line: int | None) -> Event:
     )
 
 
-def decode_lines(lines: Iterable[bytes | str], *, first_line: int = 1) -> Iterator[Event]:
-    """Decode JSON Lines, skipping blank lines; errors name the 1-based line number."""
-    for number, raw in enumerate(lines, start=first_line):
-        if not raw.strip():
-            continue
-        yield decode_event(raw, line=number)
+def decode_payload(type_: str, version: int, data: bytes | str) -> Payload:
+    """A payload of event type ``type_`` written at ``version``, lifted to the current
+    version by :data:`UPCASTERS` (how stores read old rows; rows are never rewritten).
+
+    Raises:
+        KeyError: an unknown type, or a version with no upcaster.
+        msgspec.ValidationError: the payload does not fit its type.
+    """
+    if version == CURRENT_VERSION:
+        return _payload_decoders[type_].decode(data)
+    raw = _json_decoder.decode(data)
+    for v in range(version, CURRENT_VERSION):
+        raw = UPCASTERS[(type_, v)](raw)
+    return msgspec.convert(raw, PAYLOAD_TYPES[type_])
 
 
 def encode_event(event: Event) -> bytes:

@@ -29,12 +29,11 @@ import msgspec
 
 from branchpoint.store.events import (
     CURRENT_VERSION,
-    PAYLOAD_TYPES,
-    UPCASTERS,
     Event,
     EventHead,
     HeadRow,
     canonical_payload,
+    decode_payload,
 )
 from branchpoint.store.log import AppendResult, TreeSummary
 from branchpoint.store.validation import NodeFacts, Validator
@@ -145,17 +144,7 @@ def tree_row(ev: Event) -> tuple[Any, ...] | None:
             utc_text(ev.recorded_at), ev.event_id)
 
 
-_decoders = {name: msgspec.json.Decoder(cls) for name, cls in PAYLOAD_TYPES.items()}
 _any = msgspec.json.Decoder()
-
-
-def _payload(type_: str, version: int, data: str | bytes) -> Any:
-    if version == CURRENT_VERSION:
-        return _decoders[type_].decode(data)
-    raw = _any.decode(data)
-    for v in range(version, CURRENT_VERSION):
-        raw = UPCASTERS[(type_, v)](raw)
-    return msgspec.convert(raw, PAYLOAD_TYPES[type_])
 
 
 def event_from_row(row: Sequence[Any]) -> Event:
@@ -163,7 +152,7 @@ def event_from_row(row: Sequence[Any]) -> Event:
     seq, event_id, tree_id, type_, version, at, payload = row
     return Event(event_id=event_id, tree_id=tree_id, type=type_, version=CURRENT_VERSION,
                  recorded_at=datetime.fromisoformat(at).astimezone(UTC),
-                 payload=_payload(type_, version, payload), seq=seq)
+                 payload=decode_payload(type_, version, payload), seq=seq)
 
 
 def head_from_row(row: Sequence[Any]) -> EventHead:
