@@ -68,6 +68,9 @@ _LEVEL = {  # folders, sub-folders per folder (max), files per folder (min, max)
     "hard": (4, 2, (2, 4), 3),
 }
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Paths stay far below the operating system's PATH_MAX (4096) even inside a sandbox, so the
+# disk backend never fails where the memory backend would succeed.
+MAX_DEPTH = 32
 
 SYSTEM = (
     "You tidy a small file system. Paths: /a/b from the root, a/b from the current "
@@ -445,7 +448,8 @@ class FsEnv(ToolEnvironment):
         """A path string as names below the root; ``..`` stops at the root.
 
         Raises:
-            FsError: a name with characters other than letters, digits, ``.``, ``_``, ``-``.
+            FsError: a name with characters other than letters, digits, ``.``, ``_``, ``-``
+                (or longer than 64), or a path deeper than :data:`MAX_DEPTH` names.
         """
         parts: list[str] = [] if raw.startswith("/") else list(self.cwd)
         for name in raw.split("/"):
@@ -458,6 +462,8 @@ class FsEnv(ToolEnvironment):
             if not _NAME.match(name):
                 raise FsError(f"bad name {name!r}: use letters, digits, '.', '_' and '-'")
             parts.append(name)
+            if len(parts) > MAX_DEPTH:
+                raise FsError(f"path too deep: at most {MAX_DEPTH} folders")
         return tuple(parts)
 
     def _call(self, name: str, arguments: dict[str, Any]) -> Outcome:

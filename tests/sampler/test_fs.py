@@ -208,3 +208,17 @@ def test_a_lone_surrogate_in_written_text_is_an_error_on_both_backends(backend):
         assert result.observation[0]["content"] == (
             "error: write: argument 'text' is not valid Unicode text (a lone surrogate)")
         assert "/a.txt" not in env.state()
+
+
+def test_deep_paths_get_the_same_answer_on_both_backends():
+    # 63 nested folders of 64-character names would pass PATH_MAX on disk but not in
+    # memory; a depth limit makes both backends answer alike.
+    name = "d" * 64
+    lines = [f"mkdir /{'/'.join([name] * k)}" for k in range(1, 70)]
+    lines += [f"cd /{'/'.join([name] * 33)}", f"write /{'/'.join([name] * 33)}.txt x", "ls"]
+    with FsEnv(3, max_steps=120) as memory, FsEnv(3, backend="disk", max_steps=120) as disk:
+        seen = play(memory, lines)
+        assert seen == play(disk, lines)
+    assert seen[31] == "ok" or not seen[31].startswith("error")
+    assert seen[32] == "error: path too deep: at most 32 folders"
+    assert seen[-3].startswith("error: path too deep")
