@@ -228,24 +228,21 @@ class _Api:
         return None if row is None else (row[0], row[1])
 
     def cancel_order(self, order_id: int) -> str:
-        order = self._order(order_id)
-        if order is None:
-            return f"error: no order {order_id}"
-        if order[0] in ("cancelled", "refunded"):
-            return f"error: order {order_id} is already {order[0]}"
-        self.conn.execute("UPDATE orders SET status = 'cancelled', days_ago = 0, refund = ? "
-                          "WHERE id = ?", (order[1], order_id))
-        return f"order {order_id} cancelled, refund {dollars(order[1])}"
+        return self._close_order(order_id, "cancelled", "cancelled, refund")
 
     def refund_order(self, order_id: int) -> str:
+        return self._close_order(order_id, "refunded", "refunded")
+
+    def _close_order(self, order_id: int, status: str, said: str) -> str:
+        """Cancel or refund: the order's total goes back and the order is closed."""
         order = self._order(order_id)
         if order is None:
             return f"error: no order {order_id}"
         if order[0] in ("cancelled", "refunded"):
             return f"error: order {order_id} is already {order[0]}"
-        self.conn.execute("UPDATE orders SET status = 'refunded', days_ago = 0, refund = ? "
-                          "WHERE id = ?", (order[1], order_id))
-        return f"order {order_id} refunded {dollars(order[1])}"
+        self.conn.execute("UPDATE orders SET status = ?, days_ago = 0, refund = ? WHERE id = ?",
+                          (status, order[1], order_id))
+        return f"order {order_id} {said} {dollars(order[1])}"
 
     def exchange_item(self, order_id: int, product_id: int, new_product_id: int) -> str:
         order = self._order(order_id)
