@@ -54,6 +54,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self, TypeAlias, TypeV
 
 import msgspec
 
+from branchpoint.store.builder import make_task
+
 if TYPE_CHECKING:
     from branchpoint.sampler.expert import Expert
 
@@ -269,9 +271,10 @@ class Environment(ABC):
 
     @property
     def task(self) -> dict[str, Any]:
-        """The task object recorded on a tree's root (``env``, ``task_id``, options);
-        ``env`` is :attr:`env_name`."""
-        return {"env": self.env_name, "task_id": self.task_id, **self.options}
+        """The task object recorded on a tree's root: ``env`` (:attr:`env_name`),
+        ``task_id`` and the options under ``options``
+        (:func:`branchpoint.store.builder.make_task`)."""
+        return make_task(self.env_name, self.task_id, options=self.options)
 
     def fresh(self) -> Self:
         """A new environment of the same task and name, not yet reset."""

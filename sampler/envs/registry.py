@@ -19,14 +19,16 @@ entry point may register it under another name.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from branchpoint.sampler.envs.base import Environment
+from branchpoint.store.builder import task_options
 from branchpoint.store.errors import UnknownEnvironment
 
-__all__ = ["GROUP", "get_env", "list_envs", "make_env", "name_of"]
+__all__ = ["GROUP", "env_from_task", "get_env", "list_envs", "make_env", "name_of"]
 
 GROUP = "branchpoint.envs"
 
@@ -106,3 +108,14 @@ def make_env(name: str, task_id: int, **options: Any) -> Environment:
     env = get_env(name)(task_id, **options)
     env.env_name = name
     return env
+
+
+def env_from_task(task: Mapping[str, Any]) -> Environment:
+    """The environment a tree's root recorded in its ``task``, with its options (also from
+    roots written before options moved under ``task["options"]``), not yet reset.
+
+    Raises:
+        UnknownEnvironment: as :func:`get_env`.
+        ValueError: a bad task id or option.
+    """
+    return make_env(task["env"], task["task_id"], **task_options(task))
