@@ -79,7 +79,7 @@ async def _export(db: str, fmt: str, options: Any, out: BinaryIO) -> tuple[int, 
         async for line in export_lines(log, fmt, options):
             out.write(line)
             count += 1
-        matched = None if count else len(await log.list_trees(options.tree_filter()))
+        matched = None if count else len(await log.list_trees(options.trees()))
     finally:
         await log.close()
     return count, matched
@@ -214,7 +214,7 @@ def register(app: typer.Typer) -> None:
         _check_applies(ctx, fmt.value)
         if out is not None:
             _check_out(out)
-        options = _options(trees=trees, margin=margin, value=value.value, sources=sources,
+        options = _options(where=trees, margin=margin, value=value.value, sources=sources,
                            judge_weight=judge_weight, min_score=min_score,
                            label_threshold=label_threshold, with_metadata=with_metadata,
                            tool_arguments=tool_arguments.value)
@@ -252,7 +252,7 @@ def register(app: typer.Typer) -> None:
         filters select."""
         if _given(ctx, "sources") and _given(ctx, "judge_weight"):
             raise _usage_error(ctx, "--sources does not apply with --judge-weight")
-        options = _options(trees=trees, margin=margin, value=value.value, sources=sources,
+        options = _options(where=trees, margin=margin, value=value.value, sources=sources,
                            judge_weight=judge_weight)
         try:
             result = asyncio.run(_stats(db, options))

@@ -27,6 +27,7 @@ import typer
 
 if TYPE_CHECKING:
     from branchpoint.store.log import TreeFilter
+    from branchpoint.store.splits import Split
 
 __all__ = ["FILTER_OPTIONS", "SplitName", "build_filter", "parse_time", "tree_filters"]
 
@@ -62,7 +63,7 @@ def parse_time(value: str | None, option: str) -> datetime | None:
 def build_filter(*, env: str | None = None, task: str | None = None, tree: str | None = None,
                  origin: str | None = None, since: str | None = None,
                  until: str | None = None, finished: bool | None = None,
-                 split: str | None = None) -> TreeFilter:
+                 split: Split | None = None) -> TreeFilter:
     """The :class:`~branchpoint.store.log.TreeFilter` for the options' values.
 
     Raises:
@@ -74,11 +75,8 @@ def build_filter(*, env: str | None = None, task: str | None = None, tree: str |
     if start is not None and end is not None and start >= end:
         raise typer.BadParameter(f"--since ({since}) must be before --until ({until})",
                                  param_hint="--since")
-    # TODO(harden-store): tree_id and split as plain keywords once TreeFilter has them
-    extra: dict[str, Any] = {k: v for k, v in (("tree_id", tree), ("split", split))
-                             if v is not None}
-    return TreeFilter(env=env, task_id=task, origin=origin, since=start, until=end,
-                      finished=finished, **extra)
+    return TreeFilter(tree_id=tree, env=env, task_id=task, origin=origin, since=start,
+                      until=end, finished=finished, split=split)
 
 
 #: The options, as ``(parameter name, annotation)``; each defaults to None (no filter).

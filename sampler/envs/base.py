@@ -45,7 +45,6 @@ environment uses the same split and training data never comes from the other two
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import re
 from abc import ABC, abstractmethod
@@ -55,6 +54,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self, TypeAlias, TypeV
 import msgspec
 
 from branchpoint.store.builder import make_task
+
+# the split function lives in the store (light, shared with its tree filters)
+from branchpoint.store.splits import SPLITS, Split, split_of
 
 if TYPE_CHECKING:
     from branchpoint.sampler.expert import Expert
@@ -89,8 +91,6 @@ __all__ = [
     "user_message",
 ]
 
-Split = Literal["train", "validation", "heldout"]
-SPLITS: tuple[Split, ...] = ("train", "validation", "heldout")
 Message = dict[str, Any]
 #: How :func:`branchpoint.sampler.fork.fork` copies an environment: ``snapshot`` (state in
 #: memory, through :meth:`Environment.snapshot` / :meth:`Environment.restore` or an
@@ -99,23 +99,6 @@ Message = dict[str, Any]
 #: :attr:`Environment.history`; works for every environment).
 ForkMode = Literal["snapshot", "sandbox", "replay"]
 FORK_MODES: tuple[ForkMode, ...] = ("snapshot", "sandbox", "replay")
-
-
-def split_of(task_id: int) -> Split:
-    """The split of a task id: the first byte of SHA-256 of its decimal form, mod 10:
-    0 is ``heldout``, 1 is ``validation``, anything else ``train``.
-
-    Raises:
-        ValueError: for a negative id.
-    """
-    if task_id < 0:
-        raise ValueError(f"task ids are non-negative integers, got {task_id}")
-    bucket = hashlib.sha256(str(task_id).encode()).digest()[0] % 10
-    if bucket == 0:
-        return "heldout"
-    if bucket == 1:
-        return "validation"
-    return "train"
 
 
 def tasks_in_split(split: Split, count: int, start: int = 0) -> list[int]:
