@@ -165,7 +165,8 @@ def _no_rows(fmt: str, matched: int | None, trees: TreeFilter, env: str | None) 
     if matched == 0:
         typer.echo("warning: no tree matched" + _describe(trees, env), err=True)
     else:
-        typer.echo(f"note: {matched} trees matched but gave no {fmt} rows", err=True)
+        trees_ = "tree" if matched == 1 else "trees"
+        typer.echo(f"note: {matched} {trees_} matched but gave no {fmt} rows", err=True)
 
 
 def _describe(trees: TreeFilter, env: str | None) -> str:
