@@ -18,7 +18,7 @@ from typing import Annotated, Any, BinaryIO
 import typer
 
 from branchpoint.cli.filters import tree_filters
-from branchpoint.cli.main import ReadDbOption, fail
+from branchpoint.cli.main import ReadDbOption, fail, given, usage_error
 from branchpoint.store.errors import BranchpointError
 from branchpoint.store.log import TreeFilter
 from branchpoint.store.pairs import DEFAULT_MARGIN
@@ -126,25 +126,13 @@ _APPLIES: dict[str, tuple[str, frozenset[str]]] = {
 }
 
 
-def _given(ctx: typer.Context, name: str) -> bool:
-    """Whether the user set option ``name`` (on the command line or from the environment),
-    as opposed to its default."""
-    source = ctx.get_parameter_source(name)
-    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
-
-
-def _usage_error(ctx: typer.Context, message: str) -> typer.Exit:
-    typer.echo(ctx.get_usage(), err=True)
-    return fail(message, 2)
-
-
 def _check_applies(ctx: typer.Context, fmt: str) -> None:
     for name, (flag, formats) in _APPLIES.items():
-        if _given(ctx, name) and fmt not in formats:
-            raise _usage_error(ctx, f"{flag} does not apply to {fmt} "
+        if given(ctx, name) and fmt not in formats:
+            raise usage_error(ctx, f"{flag} does not apply to {fmt} "
                                     f"(only to {', '.join(sorted(formats))})")
-    if _given(ctx, "sources") and _given(ctx, "judge_weight"):
-        raise _usage_error(ctx, "--sources does not apply with --judge-weight (which "
+    if given(ctx, "sources") and given(ctx, "judge_weight"):
+        raise usage_error(ctx, "--sources does not apply with --judge-weight (which "
                                 "blends the checker and the judge)")
 
 
@@ -251,8 +239,8 @@ def register(app: typer.Typer) -> None:
         """Count trees, nodes, branching points, pairs and the points dropped (tie,
         under margin, identical actions), in all and per environment, over the trees the
         filters select."""
-        if _given(ctx, "sources") and _given(ctx, "judge_weight"):
-            raise _usage_error(ctx, "--sources does not apply with --judge-weight")
+        if given(ctx, "sources") and given(ctx, "judge_weight"):
+            raise usage_error(ctx, "--sources does not apply with --judge-weight")
         options = _options(where=trees, margin=margin, value=value.value, sources=sources,
                            judge_weight=judge_weight)
         try:
