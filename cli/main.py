@@ -53,7 +53,7 @@ def usage_error(ctx: typer.Context, message: str) -> typer.Exit:
     return fail(message, 2)
 
 
-_SQLITE_URL = re.compile(r"sqlite(\+\w+)?://(?P<rest>[^?]*)")
+_SQLITE_URL = re.compile(r"sqlite(\+\w+)?://(?P<rest>[^?]*)(\?.*)?")
 
 
 def store_url(value: str) -> str:
