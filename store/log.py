@@ -20,7 +20,7 @@ from typing import Protocol, TypeAlias, runtime_checkable
 
 import msgspec
 
-from branchpoint.store.errors import InvalidEvent, TreeNotFound
+from branchpoint.store.errors import TreeNotFound
 from branchpoint.store.events import (
     ActionExecuted,
     Event,
@@ -29,7 +29,6 @@ from branchpoint.store.events import (
     NodeCreated,
     TreeClosed,
     digest,
-    normalize,
 )
 from branchpoint.store.splits import SPLITS, Split, split_of_task
 from branchpoint.store.validation import NodeFacts, Validator
@@ -232,14 +231,13 @@ def normalize_batch(events: Sequence[Event], lines: Sequence[int] | None = None
     """:func:`~branchpoint.store.events.normalize` each event of a batch.
 
     Raises:
-        InvalidEvent: as ``normalize``, located at the event's line (default: 1-based index).
+        InvalidEvent: as ``normalize``, located at the event's line (default: 1-based
+            index), with every event that does not normalize in ``problems``.
     """
-    out = []
-    for i, ev in enumerate(events):
-        try:
-            out.append(normalize(ev))
-        except InvalidEvent as exc:
-            raise exc.at(lines[i] if lines is not None else i + 1) from None
+    rules = Validator()
+    lines = range(1, len(events) + 1) if lines is None else lines
+    out, _, _ = rules.normalized(events, lines, range(len(events)))
+    rules.raise_if_refused()
     return out
 
 
@@ -259,13 +257,14 @@ class _Async:
             raise StopAsyncIteration from None
 
 
-async def prepared_chunks(chunks: Chunks, *, normalized: bool = False
-                          ) -> AsyncGenerator[tuple[list[Event], Sequence[int]]]:
-    """Each chunk of a batch with its line numbers filled in (positions counted across the
-    chunks where a chunk has none), its events normalized unless ``normalized``.
+async def prepared_chunks(chunks: Chunks, rules: Validator, *, normalized: bool = False
+                          ) -> AsyncGenerator[tuple[list[Event], Sequence[int], Sequence[int]]]:
+    """Each chunk of a batch as ``(events, lines, indices)``: line numbers filled in
+    (positions counted across the chunks where a chunk has none), each event's 0-based
+    position in the whole batch, events normalized unless ``normalized``. An event that
+    does not normalize is refused in ``rules`` and left out of its chunk.
 
     Raises:
-        InvalidEvent: an event does not normalize, located at its line.
         ValueError: a chunk has not one line number per event.
     """
     seen = 0
@@ -274,8 +273,12 @@ async def prepared_chunks(chunks: Chunks, *, normalized: bool = False
         lines = range(seen + 1, seen + len(events) + 1) if given is None else given
         if len(lines) != len(events):
             raise ValueError(f"{len(events)} events but {len(lines)} line numbers")
+        indices = range(seen, seen + len(events))
         seen += len(events)
-        yield (list(events) if normalized else normalize_batch(events, lines)), lines
+        if normalized:
+            yield list(events), lines, indices
+        else:
+            yield rules.normalized(events, lines, indices)
 
 
 class MemoryEventLog:
@@ -299,16 +302,18 @@ class MemoryEventLog:
             rules = Validator()
             fresh: list[Event] = []
             total = 0
-            async with aclosing(prepared_chunks(chunks, normalized=normalized)) as each:
-                async for events, lines in each:
+            async with aclosing(prepared_chunks(chunks, rules, normalized=normalized)) as each:
+                async for events, lines, indices in each:
                     total += len(events)
                     _, trees, keys = rules.unknown(events)
                     rules.learn((t for t in trees if t in self._trees),
                                 {k: self._facts[k] for k in keys if k in self._facts})
-                    kept = rules.drop_duplicates(events, self._by_id, lines)
+                    kept = rules.drop_duplicates(events, self._by_id, lines, indices=indices)
                     kept_events = [events[i] for i in kept]
-                    rules.check(kept_events, [lines[i] for i in kept])
+                    rules.check(kept_events, [lines[i] for i in kept],
+                                [indices[i] for i in kept])
                     fresh += kept_events
+            rules.raise_if_refused()
             for ev in fresh:  # every chunk passed: the batch is stored
                 self._store(ev)
             last = self._events[-1].seq if self._events else None
@@ -322,13 +327,17 @@ class MemoryEventLog:
         p = ev.payload
         if isinstance(p, NodeCreated):
             self._facts[(ev.tree_id, p.node_id)] = NodeFacts(p.parent_id is None, False, None)
+            parent = self._facts.get((ev.tree_id, p.parent_id or ""))
+            if p.parent_id is not None and parent is not None and not parent.has_children:
+                self._facts[(ev.tree_id, p.parent_id)] = parent._replace(has_children=True)
             if p.parent_id is None:
                 task = p.task or {}
                 self._trees[ev.tree_id] = TreeSummary(
                     ev.tree_id, task["env"], task["task_id"], p.origin, ev.recorded_at,
                     ev.seq or 0, split=split_of_task(task))
         elif isinstance(p, ActionExecuted):
-            self._facts[(ev.tree_id, p.node_id)] = NodeFacts(False, True, p.done)
+            key = (ev.tree_id, p.node_id)
+            self._facts[key] = self._facts[key]._replace(executed=True, done=p.done)
         elif isinstance(p, TreeClosed):
             self._trees[ev.tree_id] = msgspec.structs.replace(self._trees[ev.tree_id],
                                                               closed=p.reason)

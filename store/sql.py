@@ -116,10 +116,11 @@ class _Recorder:
         self.statements.append((sql, list(rows), True))
 
 
-def _validate(conn: Connection, appender: Appender, events: list[Event],
-              lines: Sequence[int], rows: list[tuple[Any, ...]]
+def _validate(conn: Connection, appender: Appender,
+              chunk: tuple[list[Event], Sequence[int], list[tuple[Any, ...]], Sequence[int]]
               ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    return appender.validate(_SaExecutor(conn), events, lines, rows)
+    events, lines, rows, indices = chunk
+    return appender.validate(_SaExecutor(conn), events, lines, rows, indices)
 
 
 def _result(conn: Connection, appender: Appender) -> AppendResult:
@@ -197,6 +198,15 @@ class PgStatements:
     def executed(self, db: Executor, keys: Sequence[tuple[str, str]]
                  ) -> list[tuple[str, str, bool | None]]:
         return self._keys(db, keys, "e.done", "action_executed")
+
+    def with_children(self, db: Executor, keys: Sequence[tuple[str, str]]
+                      ) -> list[tuple[str, str]]:
+        rows = db.fetchall(
+            f"SELECT DISTINCT e.tree_id, e.parent_id FROM events e "
+            f"JOIN {_unnest(['t', 'n'], ['text', 'text'])} "
+            f"ON e.tree_id = k.t AND e.parent_id = k.n WHERE e.type = 'node_created'",
+            ([k[0] for k in keys], [k[1] for k in keys]))
+        return [(r[0], r[1]) for r in rows]
 
     def insert(self, db: Executor, rows: list[tuple[Any, ...]],
                trees: list[tuple[Any, ...]]) -> None:
@@ -406,13 +416,14 @@ class SqlEventLog:
                 appender = await conn.run_sync(self._start)
                 insert: asyncio.Future[None] | None = None
                 try:
-                    async with aclosing(prepared_chunks(chunks, normalized=normalized)) as each:
-                        async for events, lines in each:
+                    async with aclosing(prepared_chunks(
+                            chunks, appender.rules, normalized=normalized)) as each:
+                        async for events, lines, indices in each:
                             rows = event_rows(events)  # while the previous chunk goes in
                             if insert is not None:
                                 await insert
                             fresh, trees = await conn.run_sync(
-                                _validate, appender, events, lines, rows)
+                                _validate, appender, (events, lines, rows, indices))
                             insert = None
                             if fresh:
                                 insert = await self._start_insert(conn, fresh, trees,
