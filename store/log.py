@@ -16,18 +16,21 @@ import asyncio
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Sequence
 from contextlib import aclosing
 from datetime import datetime
-from typing import Protocol, TypeAlias, runtime_checkable
+from typing import Final, Protocol, TypeAlias, runtime_checkable
 
 import msgspec
 
 from branchpoint.store.errors import TreeNotFound
 from branchpoint.store.events import (
+    CURRENT_VERSION,
     ActionExecuted,
     Event,
     EventHead,
     HeadRow,
     NodeCreated,
     TreeClosed,
+    canonical_payload,
+    decode_payload,
     digest,
 )
 from branchpoint.store.splits import SPLITS, Split, split_of_task
@@ -40,8 +43,10 @@ __all__ = [
     "EventLog",
     "MemoryEventLog",
     "TreeFilter",
+    "TreePage",
     "TreeSummary",
     "open_log",
+    "tree_cursor",
 ]
 
 
@@ -106,6 +111,48 @@ class TreeFilter(msgspec.Struct, frozen=True, kw_only=True):
             and (self.until is None or t.created_at < self.until)
             and (self.finished is None or (t.closed is not None) == self.finished)
         )
+
+
+class TreePage(list[TreeSummary]):
+    """One page of a tree listing: a list of :class:`TreeSummary` (oldest first) that
+    also carries ``next_cursor``, the opaque cursor of the page after it, or None when
+    this page is the last. A listing without a limit is one page holding every tree."""
+
+    def __init__(self, trees: Iterable[TreeSummary] = (), next_cursor: str | None = None
+                 ) -> None:
+        super().__init__(trees)
+        self.next_cursor = next_cursor
+
+
+_CURSOR_PREFIX: Final = "t1."
+
+
+def tree_cursor(after: TreeSummary) -> str:
+    """The cursor of the listing that goes on after ``after``. Cursors follow the
+    trees' ``root_seq`` (listing order), so a page never repeats or skips a tree however
+    many trees are added meanwhile (new trees come last)."""
+    return f"{_CURSOR_PREFIX}{after.root_seq}"
+
+
+def cursor_position(cursor: str | None) -> int:
+    """The ``root_seq`` after which a listing resumes (0 for no cursor).
+
+    Raises:
+        ValueError: ``cursor`` is not one that :func:`tree_cursor` made.
+    """
+    if cursor is None:
+        return 0
+    digits = cursor.removeprefix(_CURSOR_PREFIX)
+    if digits == cursor or not digits.isdigit() or not digits.isascii():
+        raise ValueError(f"not a tree listing cursor: {cursor!r}")
+    return int(digits)
+
+
+def check_limit(limit: int | None) -> None:
+    """Raises: ValueError: ``limit`` is not None or a positive integer."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                              or limit < 1):
+        raise ValueError(f"limit must be a positive integer, got {limit!r}")
 
 
 #: Part of a batch: its events and their line numbers in the source (None: their positions
@@ -197,10 +244,15 @@ class EventLog(Protocol):
         """
         ...
 
-    async def list_trees(self, where: TreeFilter | None = None) -> list[TreeSummary]:
-        """Trees matching ``where``, oldest first.
+    async def list_trees(self, where: TreeFilter | None = None, *, limit: int | None = None,
+                         cursor: str | None = None) -> TreePage:
+        """Trees matching ``where``, oldest first: at most ``limit`` of them (all when
+        None), starting after ``cursor`` (the ``next_cursor`` of the page before; None for
+        the first page). The page is a list; its ``next_cursor`` is None on the last page.
 
         Raises:
+            ValueError: ``limit`` is not a positive integer, or ``cursor`` is not one that
+                a listing returned.
             StoreUnavailable: the database cannot be reached.
         """
         ...
@@ -315,12 +367,17 @@ class MemoryEventLog:
                     fresh += kept_events
             rules.raise_if_refused()
             for ev in fresh:  # every chunk passed: the batch is stored
-                self._store(ev)
+                self._store(ev, canonical=not normalized)
             last = self._events[-1].seq if self._events else None
             return AppendResult(len(fresh), total - len(fresh), last)
 
-    def _store(self, ev: Event) -> None:
-        ev = msgspec.structs.replace(ev, seq=len(self._events) + 1)
+    def _store(self, ev: Event, *, canonical: bool) -> None:
+        # Stored as the SQL logs store it: the canonical payload (keys sorted at every
+        # level), so that the same events read back, and export, as the same bytes.
+        # normalize() already did this; events decoded from JSON keep the sender's order.
+        payload = ev.payload if canonical else decode_payload(
+            ev.type, CURRENT_VERSION, canonical_payload(ev.payload))
+        ev = msgspec.structs.replace(ev, seq=len(self._events) + 1, payload=payload)
         self._events.append(ev)
         self._by_id[ev.event_id] = digest(ev)
         self._by_tree.setdefault(ev.tree_id, []).append(ev)
@@ -361,12 +418,24 @@ class MemoryEventLog:
     async def read_after(self, seq: int = 0, *, limit: int = 1000) -> list[Event]:
         return self._events[max(seq, 0): max(seq, 0) + limit]
 
-    async def list_trees(self, where: TreeFilter | None = None) -> list[TreeSummary]:
+    async def list_trees(self, where: TreeFilter | None = None, *, limit: int | None = None,
+                         cursor: str | None = None) -> TreePage:
+        check_limit(limit)
         where = where or TreeFilter()
-        return [t for t in self._trees.values() if where.matches(t)]
+        after = cursor_position(cursor)
+        found = [t for t in self._trees.values() if t.root_seq > after and where.matches(t)]
+        return page_of(found, limit)
 
     async def close(self) -> None:
         return None
+
+
+def page_of(trees: list[TreeSummary], limit: int | None) -> TreePage:
+    """The page of the first ``limit`` of ``trees`` (read with one more than ``limit``,
+    so that the page knows whether another follows)."""
+    if limit is None or len(trees) <= limit:
+        return TreePage(trees)
+    return TreePage(trees[:limit], tree_cursor(trees[limit - 1]))
 
 
 async def open_log(url: str) -> EventLog:

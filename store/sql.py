@@ -42,7 +42,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from branchpoint.store import sqlbase
 from branchpoint.store.errors import InvalidEvent, StoreUnavailable, TreeNotFound
 from branchpoint.store.events import Event, EventHead, HeadRow
-from branchpoint.store.log import AppendResult, Chunks, TreeFilter, TreeSummary, prepared_chunks
+from branchpoint.store.log import (
+    AppendResult,
+    Chunks,
+    TreeFilter,
+    TreePage,
+    check_limit,
+    cursor_position,
+    page_of,
+    prepared_chunks,
+)
 from branchpoint.store.sqlbase import (
     EVENT_COLUMNS,
     EVENT_SELECT,
@@ -557,11 +566,17 @@ class SqlEventLog:
                    f"{'NOT NULL' if w.finished else 'NULL'}")
         return sql + " ORDER BY root_seq", params
 
-    async def list_trees(self, where: TreeFilter | None = None) -> list[TreeSummary]:
+    async def list_trees(self, where: TreeFilter | None = None, *, limit: int | None = None,
+                         cursor: str | None = None) -> TreePage:
+        check_limit(limit)
+        after = cursor_position(cursor)
         sql, params = self._trees_sql(where, "t.tree_id, t.env, t.task_id, t.task_id_is_int, "
-                                      "t.origin, t.created_at, t.split, t.root_seq")
+                                      "t.origin, t.created_at, t.split, t.root_seq",
+                                      f"t.root_seq > {after}" if after else "")
+        if limit is not None:
+            sql += f" LIMIT {limit + 1}"  # one more: is there a next page?
         rows = await self._read(sql, params)
-        return [summary_from_row(r) for r in rows]
+        return page_of([summary_from_row(r) for r in rows], limit)
 
     async def iter_heads(self, where: TreeFilter | None = None, *,
                          tree_ids: Sequence[str] | None = None
