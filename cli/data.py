@@ -30,6 +30,10 @@ class Format(StrEnum):
     sft = "sft"
     trajectory_pairs = "trajectory-pairs"
     stepwise = "stepwise"
+    events = "events"
+
+
+_TRAINING = frozenset({"dpo", "steps", "sft", "trajectory-pairs", "stepwise"})
 
 
 class ValueMode(StrEnum):
@@ -123,6 +127,10 @@ _APPLIES: dict[str, tuple[str, frozenset[str]]] = {
     "min_score": ("--min-score", frozenset({"sft"})),
     "label_threshold": ("--label-threshold", frozenset({"stepwise"})),
     "with_metadata": ("--with-metadata", frozenset({"dpo", "trajectory-pairs"})),
+    "value": ("--value", _TRAINING),
+    "sources": ("--sources", _TRAINING),
+    "judge_weight": ("--judge-weight", _TRAINING),
+    "tool_arguments": ("--tool-arguments", _TRAINING),
 }
 
 
@@ -174,7 +182,8 @@ def register(app: typer.Typer) -> None:
     def export(  # noqa: PLR0917 - Typer reads options from the parameters
         ctx: typer.Context,
         fmt: Annotated[Format, typer.Argument(
-            metavar="FORMAT", help="dpo, steps, sft, trajectory-pairs or stepwise.")],
+            metavar="FORMAT", help="dpo, steps, sft, trajectory-pairs, stepwise, or events "
+            "(the raw events, re-ingestable: a backup, or a move to another store).")],
         db: ReadDbOption,
         trees: TreeFilter,
         out: Annotated[Path | None, typer.Option(
@@ -197,9 +206,9 @@ def register(app: typer.Typer) -> None:
             "--tool-arguments", help="Tool-call arguments as JSON objects (what chat "
             "templates expect) or as the strings the model sent.")] = ToolArguments.object,
     ) -> None:
-        """Export training data as JSON Lines, one example per line, in a deterministic
-        order. Every tree the filters select counts, finished or not. An option that does
-        not apply to FORMAT is a usage error (exit 2)."""
+        """Export training data (or the raw events) as JSON Lines, one example per line,
+        in a deterministic order. Every tree the filters select counts, finished or not.
+        An option that does not apply to FORMAT is a usage error (exit 2)."""
         _check_applies(ctx, fmt.value)
         if out is not None:
             _check_out(out)

@@ -23,7 +23,7 @@ import typer
 
 from branchpoint.cli.main import DbOption, fail
 from branchpoint.store.errors import BranchpointError, InvalidEvent
-from branchpoint.store.events import Event, decode_event
+from branchpoint.store.events import MAX_DEPTH, Event, decode_event
 
 if TYPE_CHECKING:
     from branchpoint.store.log import Chunk
@@ -93,6 +93,9 @@ def _array_items(data: bytes) -> Iterator[tuple[int, bytes]]:
                 _, end = decoder.raw_decode(text, pos)
             except json.JSONDecodeError as exc:
                 raise malformed(exc.pos, exc.msg) from None
+            except RecursionError:
+                raise InvalidEvent(f"nested deeper than {MAX_DEPTH} levels",
+                                   line=line_at(pos)) from None
             yield line_at(pos), text[pos:end].encode()
             pos = skip(end)
             if pos < len(text) and text[pos] == ",":

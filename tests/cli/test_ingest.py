@@ -281,3 +281,16 @@ def test_a_line_nested_too_deep_exits_one_naming_the_line(tmp_path: Path, db: st
     assert "line 3" in res.stderr and "nested deeper than 64 levels" in res.stderr
     assert "RecursionError" not in res.stderr + res.stdout
     assert stored(db) == []
+
+
+def test_an_array_element_nested_too_deep_is_refused_at_its_line(tmp_path: Path,
+                                                                  db: str) -> None:
+    good = [encode_event(e).decode() for e in small_tree()]
+    deep = good[2].replace('"node_id"', '"meta":{"x":' + "[" * 5000 + "]" * 5000
+                           + '},"node_id"', 1)
+    src = tmp_path / "events.json"
+    src.write_text("[\n" + ",\n".join([*good[:2], deep]) + "\n]")
+    res = runner.invoke(app, ["ingest", str(src), "--db", db])
+    assert res.exit_code == 1
+    assert "line 4" in res.stderr and "nested deeper than 64 levels" in res.stderr
+    assert stored(db) == []
