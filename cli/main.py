@@ -61,9 +61,10 @@ COMMANDS: dict[str, str] = {
     "demo": "branchpoint.cli.demo",
     "serve-model": "branchpoint.cli.serve_model",
     "sample": "branchpoint.cli.sample",
+    "model": "branchpoint.cli.train",
 }
 _OPTIONAL = ("branchpoint.cli.data", "branchpoint.cli.envs", "branchpoint.cli.demo",
-             "branchpoint.cli.serve_model", "branchpoint.cli.sample")
+             "branchpoint.cli.serve_model", "branchpoint.cli.sample", "branchpoint.cli.train")
 
 
 def _register(argv: list[str] | None = None) -> None:
