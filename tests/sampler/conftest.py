@@ -1,6 +1,6 @@
 """Fixtures for the sampler's integration tests: ONE real vLLM server per test session.
 
-``served_model`` builds the small model once, starts ``branchpoint serve-model`` on it (a
+``served_model`` builds the small model once (``branchpoint model build``), starts ``branchpoint serve-model`` on it (a
 real subprocess, vLLM's CPU build in its cached virtual environment, with the ``hermes``
 tool-call parser so tool mode can be tested too), waits for the base URL it prints, and
 at the end of the session stops it with SIGTERM and checks the whole server exited.
@@ -38,9 +38,11 @@ def _branchpoint() -> str:
 
 @pytest.fixture(scope="session")
 def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.sampler.tiny_model import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("model") / "tiny-qwen")
+    """The project's own small model, built by ``branchpoint model build``."""
+    out = tmp_path_factory.mktemp("model") / "tiny-qwen"
+    subprocess.run([_branchpoint(), "model", "build", str(out), "--demo-tasks", "50"],
+                   check=True, capture_output=True, timeout=600)
+    return out
 
 
 @pytest.fixture(scope="session")
