@@ -60,6 +60,8 @@ COMMANDS: dict[str, str] = {
     "env": "branchpoint.cli.envs",
     "demo": "branchpoint.cli.demo",
     "model": "branchpoint.cli.train",
+    "train": "branchpoint.cli.train",
+    "eval": "branchpoint.cli.train",
 }
 _OPTIONAL = ("branchpoint.cli.data", "branchpoint.cli.envs", "branchpoint.cli.demo",
              "branchpoint.cli.train")
