@@ -108,12 +108,14 @@ COMMANDS: dict[str, str] = {
     "envs": "branchpoint.cli.envs",
     "env": "branchpoint.cli.envs",
     "demo": "branchpoint.cli.demo",
+    "serve-model": "branchpoint.cli.serve_model",
+    "sample": "branchpoint.cli.sample",
     "model": "branchpoint.cli.train",
     "train": "branchpoint.cli.train",
     "eval": "branchpoint.cli.train",
 }
 _OPTIONAL = ("branchpoint.cli.data", "branchpoint.cli.envs", "branchpoint.cli.demo",
-             "branchpoint.cli.train")
+             "branchpoint.cli.serve_model", "branchpoint.cli.sample", "branchpoint.cli.train")
 
 
 def _register(argv: list[str] | None = None) -> None:
