@@ -111,6 +111,8 @@ COMMANDS: dict[str, str] = {
     "serve-model": "branchpoint.cli.serve_model",
     "sample": "branchpoint.cli.sample",
     "model": "branchpoint.cli.train",
+    "train": "branchpoint.cli.train",
+    "eval": "branchpoint.cli.train",
 }
 _OPTIONAL = ("branchpoint.cli.data", "branchpoint.cli.envs", "branchpoint.cli.demo",
              "branchpoint.cli.serve_model", "branchpoint.cli.sample", "branchpoint.cli.train")
