@@ -59,8 +59,10 @@ COMMANDS: dict[str, str] = {
     "envs": "branchpoint.cli.envs",
     "env": "branchpoint.cli.envs",
     "demo": "branchpoint.cli.demo",
+    "mcp": "branchpoint.cli.mcp",
 }
-_OPTIONAL = ("branchpoint.cli.data", "branchpoint.cli.envs", "branchpoint.cli.demo")
+_OPTIONAL = ("branchpoint.cli.data", "branchpoint.cli.envs", "branchpoint.cli.demo",
+             "branchpoint.cli.mcp")
 
 
 def _register(argv: list[str] | None = None) -> None:
