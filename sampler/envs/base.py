@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import msgspec
 
+from branchpoint.store.builder import make_task
+
 if TYPE_CHECKING:
     from branchpoint.sampler.expert import Expert
 
@@ -157,8 +159,9 @@ class Environment(ABC):
 
     @property
     def task(self) -> dict[str, Any]:
-        """The task object recorded on a tree's root (``env``, ``task_id``, options)."""
-        return {"env": self.name, "task_id": self.task_id, **self.options}
+        """The task object recorded on a tree's root: ``env``, ``task_id`` and the options
+        under ``options`` (:func:`branchpoint.store.builder.make_task`)."""
+        return make_task(self.name, self.task_id, options=self.options)
 
     @abstractmethod
     def reset(self) -> Reset:

@@ -13,14 +13,16 @@ its import path, ``package.module:Class``, with no registration at all.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from branchpoint.sampler.envs.base import Environment
+from branchpoint.store.builder import task_options
 from branchpoint.store.errors import UnknownEnvironment
 
-__all__ = ["GROUP", "get_env", "list_envs", "make_env"]
+__all__ = ["GROUP", "env_from_task", "get_env", "list_envs", "make_env"]
 
 GROUP = "branchpoint.envs"
 
@@ -83,3 +85,14 @@ def make_env(name: str, task_id: int, **options: Any) -> Environment:
         ValueError: a bad task id or option.
     """
     return get_env(name)(task_id, **options)
+
+
+def env_from_task(task: Mapping[str, Any]) -> Environment:
+    """The environment a tree's root recorded in its ``task``, with its options (also from
+    roots written before options moved under ``task["options"]``), not yet reset.
+
+    Raises:
+        UnknownEnvironment: as :func:`get_env`.
+        ValueError: a bad task id or option.
+    """
+    return make_env(task["env"], task["task_id"], **task_options(task))
