@@ -14,10 +14,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 import uvicorn
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
 
 from branchpoint.mcp_server.http import McpHttp
 from branchpoint.store.log import open_log
@@ -151,11 +153,9 @@ async def test_streamable_http_on_a_real_port_records_a_session_and_exports_its_
 
 
 async def test_http_refuses_a_foreign_host_header_when_it_checks_hosts(tmp_path: Path) -> None:
-    import httpx
-
     log = await open_log("memory://")
     async with serving(McpHttp(log, check_host=True).standalone()) as base, \
-            httpx.AsyncClient() as http:
+            httpx2.AsyncClient() as http:
         body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
         headers = {"accept": "application/json, text/event-stream",
                    "content-type": "application/json"}
@@ -163,3 +163,61 @@ async def test_http_refuses_a_foreign_host_header_when_it_checks_hosts(tmp_path:
                                headers={**headers, "host": "evil.example"})
         assert evil.status_code == 421
     assert await log.list_trees() == []
+
+
+async def test_the_mount_for_serve_works_inside_a_litestar_app_behind_its_token(
+        tmp_path: Path) -> None:
+    """``mcp_mount`` as ``branchpoint serve`` mounts it: a Litestar ``asgi`` mount at
+    ``/mcp`` (prefix stripped, scope copied), the log opened at start-up into
+    ``app.state.log``, a bearer-token middleware in front, several workers (stateless)."""
+    from dataclasses import dataclass
+
+    from litestar import Litestar
+    from litestar.handlers import asgi
+    from starlette.types import Receive, Scope, Send
+
+    from branchpoint.mcp_server.http import mcp_mount
+
+    @dataclass(frozen=True)
+    class Config:
+        token: str | None = "s3cret"
+        stateless: bool = True
+        export_dir: str | None = str(tmp_path)
+
+    mounted = mcp_mount(Config())
+    db = f"sqlite:///{tmp_path / 'serve.db'}"
+
+    async def forward(scope: Scope, receive: Receive, send: Send) -> None:
+        await mounted(scope, receive, send)
+
+    def guard(app: Any) -> Any:
+        async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http" and dict(scope["headers"]).get(
+                    b"authorization") != b"Bearer s3cret":
+                await send({"type": "http.response.start", "status": 401, "headers": []})
+                await send({"type": "http.response.body", "body": b""})
+                return
+            await app(scope, receive, send)
+        return guarded
+
+    async def open_store(app: Litestar) -> None:
+        app.state.log = await open_log(db)
+
+    async def close_store(app: Litestar) -> None:
+        await mounted.aclose()
+        await app.state.log.close()
+
+    app = Litestar([asgi("/mcp", is_mount=True, copy_scope=True)(forward)],
+                   on_startup=[open_store], on_shutdown=[close_store], middleware=[guard])
+    async with serving(app) as base:
+        async with httpx2.AsyncClient() as http:
+            denied = await http.post(f"{base}/mcp", json={})
+            assert denied.status_code == 401
+        auth = httpx2.AsyncClient(headers={"authorization": "Bearer s3cret"})
+        async with auth, Client(streamable_http_client(f"{base}/mcp",
+                                                       http_client=auth)) as client:
+            session = await asyncio.wait_for(play(caller(client)), BOUND)
+            written = await caller(client)("export", {"format": "dpo", "path": "p.jsonl"})
+    check_pair(session)
+    assert written["path"] == str(tmp_path / "p.jsonl")
+    assert await _tree_ids(db) == [session["tree_id"]]
