@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from mcp.server import MCPServer
@@ -61,6 +62,33 @@ Text = Annotated[str, Field(min_length=1)]
 TreeId = Annotated[str, Field(min_length=1, description="The tree, as start_trajectory "
                                                         "returned it.")]
 Format = Literal["dpo", "steps", "sft", "trajectory-pairs", "stepwise"]
+SplitName = Literal["train", "validation", "heldout"]
+
+# The store's tree filters (TreeFilter), the same on list_trees and export.
+FilterTree = Annotated[str | None, Field(description="Only this tree.")]
+FilterEnv = Annotated[str | None, Field(description="Only trees of this environment.")]
+FilterTask = Annotated[str | int | None, Field(description="Only trees of this task id.")]
+FilterOrigin = Annotated[str | None, Field(
+    description="Only trees recorded by this origin ('mcp', 'sdk', 'sampler', ...).")]
+FilterSplit = Annotated[SplitName | None, Field(description="Only trees of this split.")]
+FilterFinished = Annotated[bool | None, Field(
+    description="true: only closed trees; false: only open ones.")]
+FilterSince = Annotated[datetime | None, Field(
+    description="Only trees started at or after this time (ISO 8601).")]
+FilterUntil = Annotated[datetime | None, Field(
+    description="Only trees started before this time (ISO 8601).")]
+
+
+def _where(**fields: Any) -> TreeFilter:
+    """A TreeFilter of the fields given.
+
+    Raises:
+        ToolError: a field out of range.
+    """
+    try:
+        return TreeFilter(**fields)
+    except ValueError as exc:
+        raise ToolError(str(exc)) from exc
 
 
 @contextmanager
@@ -113,7 +141,7 @@ def build_server(recorder: Recorder, *, name: str = "branchpoint") -> MCPServer:
         task_id: Annotated[str | int | None, Field(
             description="The task's id when known. Default: derived from the opening "
                         "messages, so attempts at the same task share it.")] = None,
-        split: Annotated[Literal["train", "validation", "heldout"] | None, Field(
+        split: Annotated[SplitName | None, Field(
             description="The data split this task belongs to, when known.")] = None,
         tools: Annotated[list[m.ToolSchema] | None, Field(
             description="The tools you can call, as OpenAI tool schemas.")] = None,
@@ -226,25 +254,26 @@ def build_server(recorder: Recorder, *, name: str = "branchpoint") -> MCPServer:
     @srv.tool(annotations=reads)
     async def list_trees(
         *,
-        env: Annotated[str | None, Field(description="Only this environment.")] = None,
-        task_id: Annotated[str | int | None, Field(description="Only this task.")] = None,
-        origin: Annotated[str | None, Field(
-            description="Only trees recorded by this origin ('mcp', 'sdk', 'sampler'...)."
-        )] = None,
-        finished: Annotated[bool | None, Field(
-            description="true: only closed trees; false: only open ones.")] = None,
+        env: FilterEnv = None,
+        task_id: FilterTask = None,
+        origin: FilterOrigin = None,
+        split: FilterSplit = None,
+        finished: FilterFinished = None,
+        since: FilterSince = None,
+        until: FilterUntil = None,
         limit: Annotated[int, Field(ge=1, le=1000, description="At most this many.")] = 50,
     ) -> m.TreeList:
         """List stored trees, oldest first, with their env, task, origin and whether they
-        are closed."""
+        are closed. Filters combine (all must hold)."""
+        where = _where(env=env, task_id=task_id, origin=origin, split=split,
+                       finished=finished, since=since, until=until)
         with _tool_errors():
-            return await recorder.list_trees(
-                TreeFilter(env=env, task_id=task_id, origin=origin, finished=finished),
-                limit=limit)
+            return await recorder.list_trees(where, limit=limit)
 
     @srv.tool(annotations=writes, description=(
         "Export training data as JSON Lines (one example per line, the same bytes as "
-        f"`branchpoint export`). Returned inline up to {recorder.inline_limit:,} bytes; a "
+        "`branchpoint export`) from the trees the filters select (default: all). Returned "
+        f"inline up to {recorder.inline_limit:,} bytes; a "
         "larger export must be written to a file with path, under the server's export "
         "folder only (--export-dir)."))
     async def export(
@@ -254,7 +283,14 @@ def build_server(recorder: Recorder, *, name: str = "branchpoint") -> MCPServer:
                         "steps: every executed step; sft: successful conversations; "
                         "trajectory-pairs: whole attempts at one task, best against worst; "
                         "stepwise: TRL stepwise supervision.")] = "dpo",
-        env: Annotated[str | None, Field(description="Only trees of this env.")] = None,
+        tree_id: FilterTree = None,
+        env: FilterEnv = None,
+        task_id: FilterTask = None,
+        origin: FilterOrigin = None,
+        split: FilterSplit = None,
+        finished: FilterFinished = None,
+        since: FilterSince = None,
+        until: FilterUntil = None,
         margin: Annotated[float, Field(
             ge=0.0, description="A pair needs the chosen value above the rejected by at "
                                 "least this.")] = DEFAULT_MARGIN,
@@ -269,7 +305,9 @@ def build_server(recorder: Recorder, *, name: str = "branchpoint") -> MCPServer:
         overwrite: Annotated[bool, Field(
             description="Replace the file at path if it exists.")] = False,
     ) -> Annotated[CallToolResult, m.ExportResult]:
-        options = ExportOptions(env=env, margin=margin, min_score=min_score,
+        where = _where(tree_id=tree_id, env=env, task_id=task_id, origin=origin,
+                       split=split, finished=finished, since=since, until=until)
+        options = ExportOptions(where=where, margin=margin, min_score=min_score,
                                 with_metadata=with_metadata)
         with _tool_errors():
             result = await recorder.export(format, options, path=path, overwrite=overwrite)

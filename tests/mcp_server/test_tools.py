@@ -18,7 +18,7 @@ from branchpoint.mcp_server.server import TREE_TEMPLATE, build_server
 from branchpoint.mcp_server.service import Recorder, tree_uri
 from branchpoint.store.events import Event, ScoreAssigned
 from branchpoint.store.exports import ExportOptions, export_lines
-from branchpoint.store.log import EventLog, MemoryEventLog, open_log
+from branchpoint.store.log import EventLog, MemoryEventLog, TreeFilter, open_log
 from tests.mcp_server.scenario import (
     LS,
     LS_SEEN,
@@ -221,6 +221,30 @@ async def test_list_trees_filters_and_truncates(recorder: Recorder) -> None:
         assert len(one["trees"]) == 1 and one["truncated"] and one["total"] == 3
         assert one["trees"][0]["resource_uri"] == tree_uri(one["trees"][0]["tree_id"])
         assert (await call("list_trees", {"finished": True}))["total"] == 0
+
+
+async def test_export_and_list_trees_take_the_store_tree_filters(recorder: Recorder,
+                                                                   log: EventLog) -> None:
+    async with connect(recorder) as (client, call):
+        first = await play(call, export=False)
+        second = await play(call, export=False)
+        other = await call("start_trajectory", {"description": "x", "env": "shop",
+                                                "split": "heldout"})
+        one = await call("export", {"format": "dpo", "tree_id": first["tree_id"]})
+        both = await call("export", {"format": "dpo", "env": "fs", "origin": "mcp"})
+        assert (one["rows"], both["rows"]) == (1, 2)
+        where = TreeFilter(tree_id=second["tree_id"])
+        assert (await call("export", {"format": "steps", "tree_id": second["tree_id"]})
+                )["jsonl"].encode() == b"".join(
+            [x async for x in export_lines(log, "steps", ExportOptions(where=where))])
+        assert (await call("export", {"format": "dpo", "split": "heldout"}))["rows"] == 0
+        listed = await call("list_trees", {"split": "heldout"})
+        assert [t["tree_id"] for t in listed["trees"]] == [other["tree_id"]]
+        assert (await call("list_trees", {"task_id": 7}))["total"] == 2
+        future = await call("list_trees", {"since": "2999-01-01T00:00:00Z"})
+        assert future["total"] == 0
+        await refused(client, log, "list_trees", {"split": "test"}, "split")
+        await refused(client, log, "export", {"since": "yesterday"}, "since")
 
 
 async def test_tools_offer_typed_schemas_structured_outputs_and_descriptions(
