@@ -144,6 +144,7 @@ class Pipeline:
         self._settled = 0  # accepted events sent, spooled, dead-lettered or dropped
         self._diverted = False
         self._outage = False
+        self._failures = 0  # tries that found the destination down
         self._retry_at = 0.0
         self._delay = self._backoff_min
         self._flushing = 0
@@ -211,13 +212,19 @@ class Pipeline:
         with self._lock:
             target = self._seq
             self._flushing += 1
+            failures = self._failures
+            if self._outage:
+                self._retry_at = 0.0  # try the destination once more now
         self._wake.set()
         self._spool_wake.set()
         try:
             with self._settled_cond:
+                # While the destination is down, the spool is as good as stored, once
+                # one more try since the flush began has failed.
                 return self._settled_cond.wait_for(
                     lambda: self._settled >= target and (
-                        self._outage or self._own_segments <= 0 or self._closing), timeout)
+                        self._own_segments <= 0 or self._closing
+                        or (self._outage and self._failures > failures)), timeout)
         finally:
             with self._lock:
                 self._flushing -= 1
@@ -426,6 +433,7 @@ class Pipeline:
                             "spool in %s until it answers", self._sink.destination, exc,
                             self._spool.folder)
             self._outage = True
+            self._failures += 1
             self._retry_at = time.monotonic() + self._delay * random.uniform(0.5, 1.0)
             self._delay = min(self._delay * 2, self._backoff_max)
             self._settled_cond.notify_all()  # a flush now waits for the spool, not the sink

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 import re
 import secrets
@@ -35,6 +36,8 @@ from typing import Any
 import msgspec
 
 __all__ = ["DeadLetters", "Segment", "Spool", "spool_folder", "spool_root"]
+
+log = logging.getLogger("branchpoint.sdk")
 
 _SEGMENT = re.compile(r"^(?P<owner>[\w-]+)\.(?P<first>\d{12})\.(?P<kind>seg|part)$")
 _LOCK = re.compile(r"^(?P<owner>[\w-]+)\.lock$")
@@ -106,12 +109,23 @@ class Spool:
 
     def _segments(self, owner: str | None) -> list[Segment]:
         out = []
-        for name in os.listdir(self.folder):
+        try:
+            names = os.listdir(self.folder)
+        except OSError as exc:  # the folder is gone: nothing is left to re-send from it
+            log.error("branchpoint recorder: cannot list the spool %s: %s", self.folder, exc)
+            return []
+        for name in names:
             m = _SEGMENT.match(name)
             if m and (owner is None or m["owner"] == owner) and (
                     m["kind"] == "seg" or owner != self.owner):
                 out.append(Segment(self.folder / name, m["owner"], int(m["first"])))
         return sorted(out, key=lambda s: s.first)
+
+    def _names(self) -> list[str]:
+        try:
+            return os.listdir(self.folder)
+        except OSError:
+            return []
 
     def own_segments(self) -> list[Segment]:
         """This process's complete segments, in recording order."""
@@ -154,7 +168,7 @@ class Spool:
             for seg in self._segments(None):
                 if seg.owner != self.owner:
                     by_owner.setdefault(seg.owner, []).append(seg)
-            lockless = {m["owner"] for n in os.listdir(self.folder)
+            lockless = {m["owner"] for n in self._names()
                         if (m := _LOCK.match(n)) and m["owner"] != self.owner}
             for owner in sorted(set(by_owner) | lockless):
                 path = self.folder / f"{owner}.lock"
@@ -180,7 +194,7 @@ class Spool:
         if self._lock_fd < 0:
             return
         if not self.own_segments():
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 self._lock_path.unlink()
         os.close(self._lock_fd)
         self._lock_fd = -1
