@@ -120,7 +120,7 @@ class Pipeline:
     """Queue, overflow, worker and spooler for one destination (see the module doc)."""
 
     def __init__(self, sink: Sink, spool: Spool, dead_letters: DeadLetters, *,
-                 queue_size: int = 10_000, overflow_size: int = 1_000_000,
+                 queue_size: int = 10_000, overflow_size: int = 200_000,
                  batch_size: int = 1000, linger_s: float = 0.05,
                  backoff_s: tuple[float, float] = (0.05, 5.0), spool_chunk: int = 5000,
                  orphan_scan_s: float = 30.0) -> None:
@@ -133,7 +133,9 @@ class Pipeline:
         self._linger = linger_s
         self._backoff_min, self._backoff_max = backoff_s
         self._spool_chunk = spool_chunk
-        self._spool_threshold = max(1, min(overflow_size // 2, 4 * batch_size))
+        # the overflow stays in memory up to here, and the worker takes it from there; past it
+        # (a destination slower than the agent for long), the spooler moves it to disk
+        self._spool_threshold = max(1, overflow_size // 4)
         self._orphan_scan_s = orphan_scan_s
 
         self._lock = threading.Lock()
@@ -169,32 +171,32 @@ class Pipeline:
 
     # --- the agent's side --------------------------------------------------------------
 
-    def put(self, event: Event) -> None:
-        """Accept an event; never blocks on I/O and never raises."""
+    def put(self, events: Sequence[Event]) -> None:
+        """Accept events, in order; never blocks on I/O and never raises."""
+        late: list[Item] = []
+        wake_spooler = False
         with self._lock:
-            self._seq += 1
-            item = (self._seq, event)
-            if not self._diverted and len(self._queue) < self._queue_max:
-                self._queue.append(item)
-                if len(self._queue) == self._batch:
-                    self._wake.set()
-                return
-            if self._closing:
-                late = True
-            elif len(self._overflow) >= self._overflow_max:
-                self._counts["dropped"] += 1
-                self._settled += 1
-                self._settled_cond.notify_all()
-                self._log_drop()
-                return
-            else:
-                late = False
-                self._diverted = True
-                self._overflow.append(item)
-                wake_spooler = self._outage or len(self._overflow) >= self._spool_threshold
+            for event in events:
+                self._seq += 1
+                item = (self._seq, event)
+                if not self._diverted and len(self._queue) < self._queue_max:
+                    self._queue.append(item)
+                    if len(self._queue) == self._batch:
+                        self._wake.set()
+                elif self._closing:
+                    late.append(item)
+                elif len(self._overflow) >= self._overflow_max:
+                    self._counts["dropped"] += 1
+                    self._settled += 1
+                    self._settled_cond.notify_all()
+                    self._log_drop()
+                else:
+                    self._diverted = True
+                    self._overflow.append(item)
+                    wake_spooler = self._outage or len(self._overflow) >= self._spool_threshold
         if late:
-            # recorded after close(): no thread is left to send it, so it goes to disk here
-            self._write_segment([item])
+            # recorded after close(): no thread is left to send them, so they go to disk here
+            self._write_segment(late)
         elif wake_spooler:
             self._spool_wake.set()
 
@@ -401,7 +403,7 @@ class Pipeline:
         if unreadable:
             self._dead_letter(unreadable)
         try:
-            self._deliver(events)
+            self._deliver(events, normalized=True)  # decode_event validated them
         except Outage as exc:
             self._enter_outage(exc)
             return False
@@ -448,7 +450,7 @@ class Pipeline:
 
     # --- delivery with refusals ------------------------------------------------------------
 
-    def _deliver(self, events: list[Event]) -> None:
+    def _deliver(self, events: list[Event], *, normalized: bool = False) -> None:
         """Send events in order; what the store refuses for its content (and what depends
         on it) goes to the dead letters, the rest is stored.
 
@@ -462,31 +464,31 @@ class Pipeline:
             self._dead_letter([(encode_event(events[i]), why)
                                for i, why in known_dead.items()])
             events = [e for i, e in enumerate(events) if i not in known_dead]
-        self._send_all(events)
+        self._send_all(events, normalized)
 
-    def _send_all(self, events: list[Event]) -> None:
+    def _send_all(self, events: list[Event], normalized: bool) -> None:
         if not events:
             return
         try:
-            self._sink.send(events)
+            self._sink.send(events, normalized=normalized)
         except TooLarge:
             if len(events) == 1:
                 self._dead_letter([(encode_event(events[0]), {
                     "reason": "larger than the destination's body limit", "field": None})])
                 return
-            self._send_halves(events)
+            self._send_halves(events, normalized)
             return
         except Refused as refusal:
             if any(r.index < 0 for r in refusal.rejections):
                 if len(events) > 1:
-                    self._send_halves(events)
+                    self._send_halves(events, normalized)
                     return
                 refusal = Refused([Rejection(0, r.reason, r.field)
                                    for r in refusal.rejections[:1]])
             why = refused_with_dependants(events, refusal.rejections, self._dead,
                                           self._dead_trees)
             self._dead_letter([(encode_event(events[i]), w) for i, w in why.items()])
-            self._send_all([e for i, e in enumerate(events) if i not in why])
+            self._send_all([e for i, e in enumerate(events) if i not in why], normalized)
             return
         except Outage:
             raise
@@ -496,10 +498,10 @@ class Pipeline:
             raise Outage(str(exc)) from exc
         self._count("sent", len(events))
 
-    def _send_halves(self, events: list[Event]) -> None:
+    def _send_halves(self, events: list[Event], normalized: bool) -> None:
         mid = len(events) // 2
-        self._send_all(events[:mid])
-        self._send_all(events[mid:])
+        self._send_all(events[:mid], normalized)
+        self._send_all(events[mid:], normalized)
 
     def _dead_letter(self, entries: list[tuple[bytes, dict[str, Any]]]) -> None:
         if not entries:

@@ -43,7 +43,7 @@ def _as_observation(obs: Sequence[Message] | Message | str) -> list[Message]:
         return [{"role": "user", "content": obs}]
     if isinstance(obs, Mapping):
         return [dict(obs)]
-    return list(obs)
+    return obs if isinstance(obs, list) else list(obs)
 
 
 class Recorder:
@@ -180,28 +180,35 @@ class Branch:
 
     def step(self, action: Message | str,
              observation: Sequence[Message] | Message | str | None = None, *,
-             done: bool | None = None, produced_by: Mapping[str, Any] | None = None,
-             info: Mapping[str, Any] | None = None, latency_ms: float | None = None,
-             meta: Mapping[str, Any] | None = None) -> str:
+             done: bool | None = None, produced_by: dict[str, Any] | None = None,
+             info: dict[str, Any] | None = None, latency_ms: float | None = None,
+             meta: dict[str, Any] | None = None) -> str:
         """Record one step from the head: the assistant message taken (a string is its
         content) and what the environment or tools answered (a list of messages; a string
         is one user message). Without ``observation`` the step waits for :meth:`observe`.
         Returns the new node's id, which becomes the head; ``""`` if it could not be
-        recorded (logged and counted)."""
-        act = _as_action(action)
-        pb = dict(produced_by) if produced_by else None
-        m = dict(meta) if meta else None
-        parent = self.head
-        if observation is None:
-            node = self._t._run(lambda b: b.node(parent, act, produced_by=pb, meta=m))
-        else:
-            obs = _as_observation(observation)
-            node = self._t._run(lambda b: b.step(
-                parent, act, obs, done, produced_by=pb,
-                info=dict(info) if info else None, latency_ms=latency_ms, meta=m))
-        if node:
-            self.head = node
-        return node or ""
+        recorded (logged and counted).
+
+        The messages are recorded by reference and encoded in the background: do not
+        change them afterwards."""
+        t = self._t
+        act = {"role": "assistant", "content": action} if isinstance(action, str) else action
+        try:
+            with t._lock:
+                b = t._builder
+                if observation is None:
+                    node = b.node(self.head, act, produced_by=produced_by,
+                                  meta=meta)
+                else:
+                    node = b.step(self.head, act, _as_observation(observation), done,
+                                  produced_by=produced_by, info=info,
+                                  latency_ms=latency_ms, meta=meta)
+                t._rec._pipeline.put(b.take())
+        except Exception as exc:
+            t._rec._error(f"a step in trajectory {t._tree_id!r}", exc)
+            return ""
+        self.head = node
+        return node
 
     def observe(self, observation: Sequence[Message] | Message | str, *,
                 done: bool | None = None, node: str | None = None,
@@ -254,8 +261,7 @@ class Trajectory(Branch):
         try:
             with self._lock:
                 result = work(self._builder)
-                for ev in self._builder.take():
-                    self._rec._pipeline.put(ev)
+                self._rec._pipeline.put(self._builder.take())
         except Exception as exc:
             self._rec._error(f"recording into trajectory {self.tree_id!r}", exc)
             return None

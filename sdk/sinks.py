@@ -66,8 +66,9 @@ class TooLarge(Exception):
 class Sink(Protocol):
     destination: str
 
-    def send(self, events: Sequence[Event]) -> None:
-        """Store a batch atomically.
+    def send(self, events: Sequence[Event], *, normalized: bool = False) -> None:
+        """Store a batch atomically (``normalized``: the events come from
+        :func:`~branchpoint.store.events.decode_event`, already validated).
 
         Raises:
             Refused: events break the store's rules; nothing was stored.
@@ -111,13 +112,13 @@ class SqliteSink:
         self.destination = f"sqlite:///{self.path}"
         self._writer: Any = None
 
-    def send(self, events: Sequence[Event]) -> None:
+    def send(self, events: Sequence[Event], *, normalized: bool = False) -> None:
         from branchpoint.store.sqlite3_writer import Sqlite3Writer
 
         try:
             if self._writer is None:
                 self._writer = Sqlite3Writer(self.path)
-            self._writer.append(events)
+            self._writer.append(events, normalized=normalized)
         except InvalidEvent as exc:
             raise _rejections_of(exc, len(events)) from exc
         except (StoreUnavailable, OSError) as exc:
@@ -161,7 +162,7 @@ class HttpSink:
         self._client = httpx.Client(base_url=self.destination, headers=headers,
                                     timeout=timeout_s)
 
-    def send(self, events: Sequence[Event]) -> None:
+    def send(self, events: Sequence[Event], *, normalized: bool = False) -> None:
         body = b"[" + b",".join(encode_event(e) for e in events) + b"]"
         try:
             resp = self._client.post("/v1/events", content=body)
