@@ -13,6 +13,7 @@ step under a finished episode, a score out of range) is logged and counted in
 from __future__ import annotations
 
 import atexit
+import contextvars
 import logging
 import os
 import threading
@@ -27,11 +28,16 @@ from branchpoint.sdk.sinks import open_sink
 from branchpoint.sdk.spool import DeadLetters, Spool, spool_folder
 from branchpoint.store.builder import ROOT, TreeBuilder, TreeState, make_task
 
-__all__ = ["Branch", "Recorder", "Trajectory"]
+__all__ = ["Branch", "Recorder", "Trajectory", "current_trajectory"]
 
 log = logging.getLogger("branchpoint.sdk")
 
 Message = dict[str, Any]
+
+#: The trajectory whose ``with`` block runs in this thread or task (the OpenAI wrapper
+#: records into it).
+current_trajectory: contextvars.ContextVar[Trajectory | None] = contextvars.ContextVar(
+    "branchpoint_trajectory", default=None)
 
 
 def _as_action(action: Message | str) -> Message:
@@ -87,13 +93,14 @@ class Recorder:
         self._atexit = lambda: (r := ref()) is not None and r.close(r._exit_timeout)
         atexit.register(self._atexit)
 
-    def trajectory(self, messages: Sequence[Message] | str, *, env: str,
+    def trajectory(self, messages: Sequence[Message] | str | None = None, *, env: str,
                    task_id: str | int, tools: Sequence[Message] | None = None,
                    tree_id: str | None = None, split: str | None = None,
                    options: Mapping[str, Any] | None = None, origin: str | None = None,
                    meta: Mapping[str, Any] | None = None, **task: Any) -> Trajectory:
         """Open a trajectory: the task's opening ``messages`` (a string is one user
-        message), its ``env`` and ``task_id``, the ``tools`` offered. ``task`` takes the
+        message; None: the opening of the first chat completion the OpenAI wrapper
+        records), its ``env`` and ``task_id``, the ``tools`` offered. ``task`` takes the
         other reserved task keys (``description``, ``seed``, ...); ``options`` the
         environment's options. Use it as a context manager (sync or async): leaving the
         block closes the trajectory, with reason ``error`` and the exception's type when the
@@ -102,14 +109,14 @@ class Recorder:
         Raises:
             ValueError: a task key that is not reserved (pass it in ``options``).
         """
-        msgs = [{"role": "user", "content": messages}] if isinstance(messages, str) \
-            else [dict(m) for m in messages]
         task_obj = make_task(env, task_id, split=split, options=options, **task)
-        tid = tree_id or f"sdk-{os.urandom(8).hex()}"
-        t = Trajectory(self, tid)
-        t._run(lambda b: b.root(msgs, task_obj, tools=[dict(x) for x in tools] if tools
-                                else None, origin=origin or self.origin,
-                                meta=dict(meta) if meta else None))
+        t = Trajectory(self, tree_id or f"sdk-{os.urandom(8).hex()}")
+        t._root_args = (task_obj, [dict(x) for x in tools] if tools else None,
+                        origin or self.origin, dict(meta) if meta else None)
+        if messages is not None:
+            msgs = [{"role": "user", "content": messages}] if isinstance(messages, str) \
+                else [dict(m) for m in messages]
+            t._run(lambda b: t._open(msgs))
         return t
 
     def resume(self, tree_id: str, events: Sequence[Any]) -> Trajectory:
@@ -249,7 +256,16 @@ class Trajectory(Branch):
         self._builder = builder or TreeBuilder(tree_id, writer=recorder.writer)
         self._lock = threading.Lock()
         self._closed = False
+        self._root_args: tuple[dict[str, Any], list[Message] | None, str, Message | None] = (
+            {}, None, recorder.origin, None)
+        self._token: contextvars.Token[Trajectory | None] | None = None
         super().__init__(self, ROOT)
+
+    def _open(self, messages: list[Message], tools: list[Message] | None = None) -> None:
+        """Record the root (under ``_lock``), with the task given at opening."""
+        task, own_tools, origin, meta = self._root_args
+        self._builder.root(messages, task, tools=own_tools or tools, origin=origin,
+                           meta=meta)
 
     @property
     def state(self) -> TreeState:
@@ -281,15 +297,19 @@ class Trajectory(Branch):
             self.close("error", {"type": exc_type.__name__, "message": str(exc)[:1000]})
 
     def __enter__(self) -> Trajectory:
+        self._token = current_trajectory.set(self)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        if self._token is not None:
+            current_trajectory.reset(self._token)
+            self._token = None
         self._exit(exc_type, exc)
 
     async def __aenter__(self) -> Trajectory:
-        return self
+        return self.__enter__()
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
-        self._exit(exc_type, exc)
+        self.__exit__(exc_type, exc, tb)

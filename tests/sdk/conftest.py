@@ -92,3 +92,34 @@ def store_server(tmp_path: Path) -> Iterator[StoreServer]:
     server = StoreServer(tmp_path / "served.db", free_port())
     yield server
     server.kill()
+
+
+class Upstream:
+    """The scripted OpenAI-compatible server (``tests/sdk/upstream.py``) in a subprocess."""
+
+    def __init__(self, port: int, key: str | None = None) -> None:
+        self.url = f"http://127.0.0.1:{port}/v1"
+        args = [sys.executable, str(HERE / "upstream.py"), str(port)] + ([key] if key else [])
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, cwd=REPO)
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline().strip() == b"ready"
+
+    def requests(self) -> list[dict[str, Any]]:
+        import urllib.request
+
+        with urllib.request.urlopen(self.url.removesuffix("/v1") + "/requests") as r:
+            out: list[dict[str, Any]] = json.loads(r.read())
+            return out
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    u = Upstream(free_port())
+    yield u
+    u.stop()
