@@ -59,8 +59,10 @@ COMMANDS: dict[str, str] = {
     "envs": "branchpoint.cli.envs",
     "env": "branchpoint.cli.envs",
     "demo": "branchpoint.cli.demo",
+    "serve": "branchpoint.cli.serve",
 }
-_OPTIONAL = ("branchpoint.cli.data", "branchpoint.cli.envs", "branchpoint.cli.demo")
+_OPTIONAL = ("branchpoint.cli.data", "branchpoint.cli.envs", "branchpoint.cli.demo",
+             "branchpoint.cli.serve")
 
 
 def _register(argv: list[str] | None = None) -> None:
