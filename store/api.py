@@ -28,14 +28,15 @@ node id a query parameter. Values and pairs follow the export's options everywhe
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 from litestar import Request, Response, Router, get, post
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import (
@@ -46,7 +47,7 @@ from litestar.openapi.spec import (
     RequestBody,
     Schema,
 )
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, PathParameter, QueryParameter
 from litestar.response import Stream
 
 from branchpoint.store.errors import (
@@ -61,11 +62,15 @@ from branchpoint.store.log import EventLog, TreeFilter, TreeSummary
 from branchpoint.store.pairs import DEFAULT_MARGIN, extract_pairs, scan
 from branchpoint.store.tree import fold
 from branchpoint.store.values import node_values
-from branchpoint.store.views import evidence, leaf_values, subtree
+from branchpoint.store.views import branch_points, evidence, leaf_values, subtree
 
 __all__ = ["DEFAULT_MAX_BODY", "ErrorBody", "api_router"]
 
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
+#: the open log, injected by the router (``app.state.log``)
+Log = NamedDependency[EventLog]
+#: the router's cache of folded trees
+Trees = NamedDependency["TreeCache"]
 JSONL_TYPES = ("application/jsonl", "application/x-ndjson", "application/json-lines")
 
 
@@ -213,13 +218,13 @@ NOT_FOUND = {404: ResponseSpec(data_container=ErrorBody, description="No such tr
 
 # --- options shared with the CLI -----------------------------------------------------------
 
-Margin = Annotated[float, Parameter(ge=0, le=1e9, description="A pair needs the best child's "
+Margin = Annotated[float, QueryParameter(ge=0, le=1e9, description="A pair needs the best child's "
                                     "value above the worst's by at least this.")]
-ValueMode = Annotated[Literal["mean", "max"], Parameter(
+ValueMode = Annotated[Literal["mean", "max"], QueryParameter(
     description="An inner node's value: the mean or the max of its children's.")]
-Sources = Annotated[str | None, Parameter(
+Sources = Annotated[str | None, QueryParameter(
     description="Comma-separated score sources a leaf's value may come from.")]
-JudgeWeight = Annotated[float | None, Parameter(
+JudgeWeight = Annotated[float | None, QueryParameter(
     ge=0, le=1, description="Leaf value = (1-W)*checker + W*judge.")]
 
 
@@ -362,7 +367,7 @@ def _events_handler(max_body: int) -> Any:
                                        description="The body is over the limit (see limit)"),
                      415: ResponseSpec(data_container=ErrorBody,
                                        description="Neither JSON nor JSON Lines")})
-    async def post_events(request: Request[Any, Any, Any], log: EventLog) -> AppendOut:
+    async def post_events(request: Request[Any, Any, Any], log: Log) -> AppendOut:
         body = await request.body()
         events, lines, bad = _decode_batch(body, request.headers.get("content-type", ""))
         if bad:
@@ -430,24 +435,24 @@ async def _tree_facts(log: EventLog, trees: list[TreeSummary], opts: ExportOptio
 
 @get("/trees", summary="List trees", responses=ERRORS)
 async def list_trees(  # noqa: PLR0917 - every filter is a query parameter
-    log: EventLog,
-    env: str | None = None,
-    task_id: str | None = None,
-    origin: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    finished: bool | None = None,
-    q: Annotated[str | None, Parameter(
+    log: Log,
+    env: FromQuery[str | None] = None,
+    task_id: FromQuery[str | None] = None,
+    origin: FromQuery[str | None] = None,
+    since: FromQuery[datetime | None] = None,
+    until: FromQuery[datetime | None] = None,
+    finished: FromQuery[bool | None] = None,
+    q: Annotated[str | None, QueryParameter(
         description="Only trees whose id or task id contains this.")] = None,
-    has_pairs: bool | None = None,
-    min_value: Annotated[float | None, Parameter(ge=0, le=1)] = None,
-    max_value: Annotated[float | None, Parameter(ge=0, le=1)] = None,
+    has_pairs: FromQuery[bool | None] = None,
+    min_value: Annotated[float | None, QueryParameter(ge=0, le=1)] = None,
+    max_value: Annotated[float | None, QueryParameter(ge=0, le=1)] = None,
     margin: Margin = DEFAULT_MARGIN,
     value: ValueMode = "mean",
     sources: Sources = None,
     judge_weight: JudgeWeight = None,
-    limit: Annotated[int, Parameter(ge=1, le=1000)] = 50,
-    cursor: Annotated[str | None, Parameter(
+    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 50,
+    cursor: Annotated[str | None, QueryParameter(
         description="next_cursor of the previous page.")] = None,
 ) -> TreeList:
     """Trees matching every filter, oldest first, a page at a time. ``total`` counts every
@@ -492,23 +497,65 @@ def _cursor(cursor: str | None) -> int:
     return value
 
 
-async def _view(log: EventLog, tree_id: str, opts: ExportOptions) -> TreeView:
-    try:
-        events = await log.read_tree(tree_id)
-    except TreeNotFound:
-        raise NotFoundException(f"no tree {tree_id!r}") from None
-    return TreeView(tree_id, events, opts)
+class Folded(NamedTuple):
+    """One tree as the tree and node routes show it, derived once per version of it."""
+
+    stamp: tuple[int, int]
+    events: list[Event]
+    view: TreeView
+    points: dict[str, dict[str, Any]]
+    evidence: dict[str, tuple[int, float | None]]
+    origin: str | None
+
+
+class TreeCache:
+    """The last few trees folded, so the viewer's lazy loads of a big tree do not read
+    and fold it whole each time. An entry serves only while the tree's heads (count and
+    last ``seq``, read from the store on every call) are unchanged, so writes from any
+    process show at once."""
+
+    def __init__(self, size: int = 8) -> None:
+        self._size = size
+        self._entries: OrderedDict[tuple[str, ExportOptions], Folded] = OrderedDict()
+
+    async def get(self, log: EventLog, tree_id: str, opts: ExportOptions) -> Folded:
+        """Raises: NotFoundException: no such tree. StoreUnavailable: as the log."""
+        try:
+            heads = await log.read_heads(tree_id)
+        except TreeNotFound:
+            raise NotFoundException(f"no tree {tree_id!r}") from None
+        stamp = (len(heads), max((h.seq for h in heads), default=0))
+        key = (tree_id, opts)
+        hit = self._entries.get(key)
+        if hit is not None and hit.stamp == stamp:
+            self._entries.move_to_end(key)
+            return hit
+        try:
+            events = await log.read_tree(tree_id)
+        except TreeNotFound:
+            raise NotFoundException(f"no tree {tree_id!r}") from None
+        view = TreeView(tree_id, events, opts)
+        origin = next((getattr(e.payload, "origin", None) for e in events
+                       if e.type == "node_created" and e.payload.parent_id is None  # type: ignore[union-attr]
+                       ), None)
+        folded = Folded(stamp, events, view, branch_points(view),
+                        evidence(view.graph, view.values), origin)
+        self._entries[key] = folded
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+        return folded
 
 
 @get("/trees/{tree_id:path}", summary="One tree, or a window of it",
      responses={**ERRORS, **NOT_FOUND})
 async def get_tree(  # noqa: PLR0917 - every option is a query parameter
-    log: EventLog,
-    tree_id: str,
-    node: Annotated[str | None, Parameter(
+    log: Log,
+    trees: Trees,
+    tree_id: FromPath[str],
+    node: Annotated[str | None, QueryParameter(
         description="Start the window at this node (default: the root).")] = None,
-    depth: Annotated[int, Parameter(ge=0, le=10_000)] = 3,
-    limit: Annotated[int, Parameter(ge=1, le=100_000,
+    depth: Annotated[int, QueryParameter(ge=0, le=10_000)] = 3,
+    limit: Annotated[int, QueryParameter(ge=1, le=100_000,
                                     description="About this many nodes at most.")] = 300,
     margin: Margin = DEFAULT_MARGIN,
     value: ValueMode = "mean",
@@ -522,21 +569,21 @@ async def get_tree(  # noqa: PLR0917 - every option is a query parameter
     opts = export_options(margin=margin, value=value, sources=sources,
                           judge_weight=judge_weight)
     tree_id = tree_id.lstrip("/")
-    t = await _view(log, tree_id, opts)
+    folded = await trees.get(log, tree_id, opts)
+    t = folded.view
     root = t.graph.graph["root"]
     if root is None:
         raise NotFoundException(f"tree {tree_id!r} has no root")
     start = node if node is not None else root
     try:
-        nodes = subtree(t, start, depth=depth, limit=limit)
+        nodes = subtree(t, start, depth=depth, limit=limit, points=folded.points,
+                        ev=folded.evidence)
     except KeyError:
         raise NotFoundException(f"no node {start!r} in tree {tree_id!r}") from None
     pairs, counts = extract_pairs(t.graph, t.values, t.actions, margin=opts.margin)
-    summary = await log.list_trees(TreeFilter())
-    s = next((x for x in summary if x.tree_id == tree_id), None)
     return TreeOut(
         tree_id=tree_id, env=t.env, task_id=str(t.task_id),
-        origin=s.origin if s else None, closed=t.graph.graph["closed"], root=root,
+        origin=folded.origin, closed=t.graph.graph["closed"], root=root,
         start=start, node_count=t.graph.number_of_nodes(), counts=counts.as_dict(),
         pairs=[p._asdict() for p in pairs],
         nodes=[msgspec.convert(n, NodeOut) for n in nodes])
@@ -544,9 +591,10 @@ async def get_tree(  # noqa: PLR0917 - every option is a query parameter
 
 @get("/node", summary="One node in full", responses={**ERRORS, **NOT_FOUND})
 async def get_node(  # noqa: PLR0917 - every option is a query parameter
-    log: EventLog,
-    tree_id: str,
-    node_id: str,
+    log: Log,
+    trees: Trees,
+    tree_id: FromQuery[str],
+    node_id: FromQuery[str],
     margin: Margin = DEFAULT_MARGIN,
     value: ValueMode = "mean",
     sources: Sources = None,
@@ -557,11 +605,8 @@ async def get_node(  # noqa: PLR0917 - every option is a query parameter
     point's outcome."""
     opts = export_options(margin=margin, value=value, sources=sources,
                           judge_weight=judge_weight)
-    try:
-        events = await log.read_tree(tree_id)
-    except TreeNotFound:
-        raise NotFoundException(f"no tree {tree_id!r}") from None
-    t = TreeView(tree_id, events, opts)
+    folded = await trees.get(log, tree_id, opts)
+    events, t = folded.events, folded.view
     g = t.graph
     if node_id not in g.nodes:
         raise NotFoundException(f"no node {node_id!r} in tree {tree_id!r}")
@@ -583,9 +628,7 @@ async def get_node(  # noqa: PLR0917 - every option is a query parameter
                                       ev.event_id))
     prompt = t.conversation(parent) if parent is not None else [
         t.message(m) for m in t.root_messages]
-    leaves, se = evidence(g, t.values)[node_id]
-    from branchpoint.store.views import branch_points
-
+    leaves, se = folded.evidence[node_id]
     return NodeDetail(
         tree_id=tree_id, node_id=node_id, parent_id=parent, depth=g.nodes[node_id]["depth"],
         prompt=prompt,
@@ -594,7 +637,7 @@ async def get_node(  # noqa: PLR0917 - every option is a query parameter
                      if node_id in t.observations else None),
         done=done, info=info, latency_ms=latency, produced_by=produced_by,
         value=t.values.get(node_id), own_score=t.own_score(node_id), leaves=leaves,
-        stderr=se, scores=scores, branch=branch_points(t).get(node_id), tools=t.tools)
+        stderr=se, scores=scores, branch=folded.points.get(node_id), tools=t.tools)
 
 
 # --- stats, summary -------------------------------------------------------------------------
@@ -602,8 +645,8 @@ async def get_node(  # noqa: PLR0917 - every option is a query parameter
 
 @get("/stats", summary="What `branchpoint stats --json` prints", responses=ERRORS)
 async def stats(  # noqa: PLR0917 - every option is a query parameter
-    log: EventLog,
-    env: str | None = None,
+    log: Log,
+    env: FromQuery[str | None] = None,
     margin: Margin = DEFAULT_MARGIN,
     value: ValueMode = "mean",
     sources: Sources = None,
@@ -629,8 +672,8 @@ def _histogram(values: list[float], lo: float, hi: float, bins: int = BINS) -> l
 
 @get("/summary", summary="Distributions for the viewer's summary page", responses=ERRORS)
 async def summary(  # noqa: PLR0917 - every option is a query parameter
-    log: EventLog,
-    env: str | None = None,
+    log: Log,
+    env: FromQuery[str | None] = None,
     margin: Margin = DEFAULT_MARGIN,
     value: ValueMode = "mean",
     sources: Sources = None,
@@ -664,7 +707,7 @@ async def summary(  # noqa: PLR0917 - every option is a query parameter
 
 @post("/scores", summary="A person's score for a node", status_code=201,
       responses={**ERRORS, **NOT_FOUND})
-async def post_score(data: ScoreIn, log: EventLog) -> ScoreOut:
+async def post_score(data: JSONBody[ScoreIn], log: Log) -> ScoreOut:
     """Appends a ``score_assigned`` event with source ``human`` and the note as its detail,
     the same event any writer could append."""
     try:
@@ -688,6 +731,26 @@ async def post_score(data: ScoreIn, log: EventLog) -> ScoreOut:
 # --- export ---------------------------------------------------------------------------------
 
 
+class _OneTree:
+    """A read-only view of a log that holds only one tree: the export's ``tree`` filter,
+    so the export generators run unchanged over it."""
+
+    def __init__(self, log: EventLog, tree_id: str) -> None:
+        self._log = log
+        self._tree_id = tree_id
+
+    async def list_trees(self, where: TreeFilter | None = None) -> list[TreeSummary]:
+        return [t for t in await self._log.list_trees(where) if t.tree_id == self._tree_id]
+
+    def iter_heads(self, where: TreeFilter | None = None, *,
+                   tree_ids: Sequence[str] | None = None
+                   ) -> AsyncIterator[tuple[str, list[Any]]]:
+        return self._log.iter_heads(where, tree_ids=[self._tree_id])
+
+    async def read_tree(self, tree_id: str) -> list[Event]:
+        return await self._log.read_tree(tree_id)
+
+
 class _JsonlOperation(Operation):
     """A 200 answer of JSON Lines text."""
 
@@ -702,17 +765,18 @@ class _JsonlOperation(Operation):
 @get("/export/{fmt:str}", summary="Stream an export as JSON Lines", media_type="application/jsonl",
      operation_class=_JsonlOperation, responses={**ERRORS, **NOT_FOUND})
 async def export(  # noqa: PLR0917 - every option is a query parameter
-    log: EventLog,
-    fmt: Annotated[str, Parameter(description="dpo, steps, sft, trajectory-pairs or stepwise")],
-    env: str | None = None,
+    log: Log,
+    fmt: Annotated[str, PathParameter(description="dpo, steps, sft, trajectory-pairs or stepwise")],
+    env: FromQuery[str | None] = None,
     margin: Margin = DEFAULT_MARGIN,
     value: ValueMode = "mean",
     sources: Sources = None,
     judge_weight: JudgeWeight = None,
-    min_score: Annotated[float, Parameter(ge=-1e9, le=1e9)] = 1.0,
-    label_threshold: Annotated[float, Parameter(ge=-1e9, le=1e9)] = 0.5,
-    with_metadata: bool = False,
-    tool_arguments: Literal["object", "string"] = "object",
+    min_score: Annotated[float, QueryParameter(ge=-1e9, le=1e9)] = 1.0,
+    label_threshold: Annotated[float, QueryParameter(ge=-1e9, le=1e9)] = 0.5,
+    with_metadata: FromQuery[bool] = False,
+    tool_arguments: FromQuery[Literal["object", "string"]] = "object",
+    tree: Annotated[str | None, QueryParameter(description="Only this tree.")] = None,
 ) -> Stream:
     """Export ``fmt`` with the CLI's options, streamed line by line from the first byte:
     byte for byte what ``branchpoint export`` writes."""
@@ -723,7 +787,8 @@ async def export(  # noqa: PLR0917 - every option is a query parameter
                           judge_weight=judge_weight, min_score=min_score,
                           label_threshold=label_threshold, with_metadata=with_metadata,
                           tool_arguments=tool_arguments)
-    lines = export_lines(log, fmt, opts)
+    source: Any = log if tree is None else _OneTree(log, tree)
+    lines = export_lines(source, fmt, opts)
     # The first line is pulled before the answer starts, so a store that is down is a
     # 503 rather than a stream cut short.
     try:
@@ -763,11 +828,13 @@ def store_unavailable(request: Request[Any, Any, Any], exc: StoreUnavailable) ->
 
 def api_router(*, max_body: int = DEFAULT_MAX_BODY) -> Router:
     """The ``/v1`` routes over the log in ``app.state.log`` (dependency ``log``)."""
+    cache = TreeCache()
     return Router(
         path="/v1",
         route_handlers=[_events_handler(max_body), list_trees, get_tree, get_node, stats,
                         summary, post_score, export],
-        dependencies={"log": Provide(_log, sync_to_thread=False)},
+        dependencies={"log": Provide(_log, sync_to_thread=False),
+                      "trees": Provide(lambda: cache, sync_to_thread=False)},
         exception_handlers={StoreUnavailable: store_unavailable},
         tags=["store"],
     )

@@ -112,10 +112,14 @@ def label(action: Message | None) -> str:
     return line if len(line) <= LABEL_CHARS else line[:LABEL_CHARS - 1] + "…"
 
 
-def subtree(t: TreeView, start: str, *, depth: int, limit: int) -> list[dict[str, Any]]:
+def subtree(t: TreeView, start: str, *, depth: int, limit: int,
+            points: Mapping[str, dict[str, Any]] | None = None,
+            ev: Mapping[str, tuple[int, float | None]] | None = None) -> list[dict[str, Any]]:
     """Nodes from ``start`` down, breadth first: at most ``depth`` levels below ``start``
     and about ``limit`` nodes (the children of ``start`` always come, however many).
     Each node says whether its children are in the answer (``children_loaded``).
+    ``points`` and ``ev`` are :func:`branch_points` and :func:`evidence` of the tree when
+    the caller has them already.
 
     Raises:
         KeyError: ``start`` is no node of the tree.
@@ -124,13 +128,13 @@ def subtree(t: TreeView, start: str, *, depth: int, limit: int) -> list[dict[str
     nodes = g.nodes
     if start not in nodes:
         raise KeyError(start)
-    points = branch_points(t)
+    points = branch_points(t) if points is None else points
     roles: dict[str, str] = {}
     for bp in points.values():
         if bp["pair"]:
             roles[bp["chosen"]] = "chosen"
             roles[bp["rejected"]] = "rejected"
-    ev = evidence(g, t.values)
+    ev = evidence(g, t.values) if ev is None else ev
     order: list[str] = []
     loaded: set[str] = set()
     base = nodes[start]["depth"]
