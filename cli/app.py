@@ -86,14 +86,18 @@ def security_middleware(config: ServeConfig) -> Any:
                     message["headers"] = [*message.get("headers", ()), *headers]
                 await send(message)
 
-            if expected is not None and not _public(scope["path"]):
+            # A mount sees its own sub-path in scope["path"] ("/mcp/x" arrives as "/x"):
+            # the path as sent must be public too.
+            raw = scope.get("raw_path") or scope["path"].encode()
+            public = _public(scope["path"]) and _public(raw.decode("latin-1").split("?")[0])
+            if expected is not None and not public:
                 given = dict(scope["headers"]).get(b"authorization", b"")
                 if not hmac.compare_digest(given, expected):
                     body = ErrorBody(401, "a bearer token is required: send "
                                           "'Authorization: Bearer TOKEN'")
                     response = Response(body, status_code=401,
                                         headers={"www-authenticate": "Bearer"})
-                    await response.to_asgi_response(app=None, request=Request(scope))(  # type: ignore[arg-type]
+                    await response.to_asgi_response(app=None, request=Request(scope))(
                         scope, receive, send_with_headers)
                     return
             await app(scope, receive, send_with_headers)

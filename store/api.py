@@ -253,21 +253,23 @@ def export_options(*, env: str | None = None, margin: float = DEFAULT_MARGIN,
 # --- ingest ---------------------------------------------------------------------------------
 
 
-def _peek(raw: bytes) -> tuple[str | None, str | None, str | None, str | None]:
-    """``(event_id, tree_id, node_id, parent_id)`` of a raw event, as far as they read."""
+def _peek(raw: bytes) -> tuple[str | None, str | None, str | None, bool]:
+    """``(event_id, tree_id, node_id, is_node_created)`` of a raw event, as far as they
+    read."""
     try:
         obj = msgspec.json.decode(raw)
     except msgspec.DecodeError:
-        return None, None, None, None
+        return None, None, None, False
     if not isinstance(obj, dict):
-        return None, None, None, None
-    payload = obj.get("payload") if isinstance(obj.get("payload"), dict) else {}
+        return None, None, None, False
+    raw_payload = obj.get("payload")
+    payload: dict[str, Any] = raw_payload if isinstance(raw_payload, dict) else {}
 
     def s(v: Any) -> str | None:
         return v if isinstance(v, str) else None
 
     return (s(obj.get("event_id")), s(obj.get("tree_id")), s(payload.get("node_id")),
-            s(payload.get("parent_id")))
+            obj.get("type") == "node_created")
 
 
 def _split(body: bytes, content_type: str) -> list[tuple[bytes, int | None]]:
@@ -303,10 +305,10 @@ def _decode_batch(body: bytes, content_type: str
         try:
             ev = normalize(decode_event(raw, line=line or i + 1))
         except InvalidEvent as exc:
-            event_id, tree_id, node_id, _ = _peek(raw)
+            event_id, tree_id, node_id, created = _peek(raw)
             bad.append(BadEvent(index=i, line=line, event_id=exc.event_id or event_id,
                                 field=exc.field, reason=exc.reason))
-            if tree_id is not None and node_id is not None:
+            if tree_id is not None and node_id is not None and created:
                 refused_nodes.setdefault((tree_id, node_id), i)
             continue
         events.append(ev)
