@@ -114,6 +114,7 @@ COMMANDS: dict[str, str] = {
     "train": "branchpoint.cli.train",
     "eval": "branchpoint.cli.train",
     "mcp": "branchpoint.cli.mcp",
+    "serve": "branchpoint.cli.serve",
 }
 # Every module but ingest's may be missing from a trimmed install; dict order, no repeats.
 _OPTIONAL = tuple(dict.fromkeys(m for m in COMMANDS.values() if m != "branchpoint.cli.ingest"))
