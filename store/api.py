@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -734,26 +734,6 @@ async def post_score(data: JSONBody[ScoreIn], log: Log) -> ScoreOut:
 # --- export ---------------------------------------------------------------------------------
 
 
-class _OneTree:
-    """A read-only view of a log that holds only one tree: the export's ``tree`` filter,
-    so the export generators run unchanged over it."""
-
-    def __init__(self, log: EventLog, tree_id: str) -> None:
-        self._log = log
-        self._tree_id = tree_id
-
-    async def list_trees(self, where: TreeFilter | None = None) -> list[TreeSummary]:
-        return [t for t in await self._log.list_trees(where) if t.tree_id == self._tree_id]
-
-    def iter_heads(self, where: TreeFilter | None = None, *,
-                   tree_ids: Sequence[str] | None = None
-                   ) -> AsyncIterator[tuple[str, list[Any]]]:
-        return self._log.iter_heads(where, tree_ids=[self._tree_id])
-
-    async def read_tree(self, tree_id: str) -> list[Event]:
-        return await self._log.read_tree(tree_id)
-
-
 class _JsonlOperation(Operation):
     """A 200 answer of JSON Lines text."""
 
@@ -790,8 +770,10 @@ async def export(  # noqa: PLR0917 - every option is a query parameter
                           judge_weight=judge_weight, min_score=min_score,
                           label_threshold=label_threshold, with_metadata=with_metadata,
                           tool_arguments=tool_arguments)
-    source: Any = log if tree is None else _OneTree(log, tree)
-    lines = export_lines(source, fmt, opts)
+    if tree is not None:  # the store's own tree filter: every format, events included
+        opts = msgspec.structs.replace(
+            opts, where=msgspec.structs.replace(opts.trees(), tree_id=tree))
+    lines = export_lines(log, fmt, opts)
     # The first line is pulled before the answer starts, so a store that is down is a
     # 503 rather than a stream cut short.
     try:

@@ -316,6 +316,10 @@ def test_an_export_of_one_tree_holds_only_its_pairs(filled: Any) -> None:
     rows = [json.loads(line) for line in r.text.splitlines()]
     assert len(rows) == 2 and {row["metadata"]["tree_id"] for row in rows} == {"run/shop/1"}
     assert filled.get("/v1/export/dpo", params={"tree": "none"}).content == b""
+    events = filled.get("/v1/export/events", params={"tree": "run/shop/1"})
+    assert events.status_code == 200
+    trees = {json.loads(line)["tree_id"] for line in events.text.splitlines()}
+    assert trees == {"run/shop/1"}
 
 
 def test_an_export_refuses_bad_options_before_its_first_byte(filled: Any) -> None:
