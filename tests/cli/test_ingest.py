@@ -190,3 +190,15 @@ def test_an_unreachable_database_exits_one(tmp_path: Path) -> None:
     assert res.exit_code == 1
     assert "error:" in res.stderr
 
+
+
+def test_a_line_nested_too_deep_exits_one_naming_the_line(tmp_path: Path, db: str) -> None:
+    good = [encode_event(e) for e in small_tree()]
+    deep = good[0].replace(b'"content":"list the files"',
+                           b'"content":' + b"[" * 2000 + b"]" * 2000)
+    src = jsonl(tmp_path / "in.jsonl", [*good[1:3], deep])
+    res = runner.invoke(app, ["ingest", str(src), "--db", db])
+    assert res.exit_code == 1
+    assert "line 3" in res.stderr and "nested deeper than 64 levels" in res.stderr
+    assert "RecursionError" not in res.stderr + res.stdout
+    assert stored(db) == []
