@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from branchpoint.cli.main import fail
+from branchpoint.cli.main import fail, sqlite_file, store_url
 from branchpoint.store.errors import BranchpointError
 
 
@@ -53,6 +54,43 @@ async def _run(db: str, out: Path, config: object, quiet: bool) -> None:
         await log.close()
 
 
+class _Undo:
+    """What a demo run creates before it stores anything (folders, the SQLite file), so a
+    run that fails with nothing stored leaves nothing behind."""
+
+    def __init__(self, out: Path, db_file: str | None) -> None:
+        self.folders: list[Path] = []
+        folder = out.absolute()
+        while not folder.exists():
+            self.folders.append(folder)
+            folder = folder.parent
+        self.db = Path(db_file).absolute() if db_file is not None else None
+        if self.db is not None and self.db.exists():
+            self.db = None  # not ours: never removed
+
+    def __call__(self) -> None:
+        if self.db is not None and self.db.exists() and _holds_no_events(self.db):
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{self.db}{suffix}").unlink(missing_ok=True)
+        for folder in self.folders:  # innermost first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or gone): keep it and everything above
+                break
+
+
+def _holds_no_events(db: Path) -> bool:
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            (count,) = conn.execute("SELECT count(*) FROM events").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False  # not a store we can read: leave it
+    return bool(count == 0)
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def demo(  # noqa: PLR0917 - Typer reads options from the parameters
@@ -62,7 +100,8 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option("--out", help="Folder for the store and exports.")
                        ] = Path("runs/demo"),
         db: Annotated[str | None, typer.Option(
-            "--db", help="Store URL (default: sqlite:///OUT/branchpoint.db).")] = None,
+            "--db", help="The store: a SQLite file path or a URL, as for the other "
+            "commands (default: OUT/branchpoint.db).")] = None,
         env: Annotated[list[str] | None, typer.Option(
             "--env", help="Environment to use; repeat for several (default: fs and shop).")
         ] = None,
@@ -82,9 +121,21 @@ def register(app: typer.Typer) -> None:
 
         config = DemoConfig(envs=tuple(env or ("fs", "shop")), tasks=tasks, mistakes=mistakes,
                             branch_points=branch_points, branches=branches)
-        url = db or f"sqlite:///{(out / 'branchpoint.db').as_posix()}"
-        out.mkdir(parents=True, exist_ok=True)
+        from branchpoint.sampler.envs.registry import get_env
+
+        url = store_url(db) if db else f"sqlite:///{(out / 'branchpoint.db').as_posix()}"
         try:
-            asyncio.run(_run(url, out, config, quiet))
-        except (BranchpointError, ValueError) as exc:
+            for name in config.envs:  # before anything is created
+                get_env(name)
+        except BranchpointError as exc:
             raise fail(str(exc)) from None
+        undo = _Undo(out, sqlite_file(url))
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            asyncio.run(_run(url, out, config, quiet))
+        except (BranchpointError, ValueError, OSError, NotImplementedError) as exc:
+            undo()
+            raise fail(str(exc)) from None
+        except BaseException:
+            undo()
+            raise
