@@ -103,7 +103,9 @@ _encoder = msgspec.json.Encoder()
 class ExportOptions(msgspec.Struct, frozen=True, kw_only=True):
     """What to export and how values and pairs are computed; every default is the CLI's."""
 
-    env: str | None = None
+    #: which trees to export (tree, env, task, origin, since/until, finished, split)
+    where: TreeFilter | None = None
+    env: str | None = None  # kept for callers of old: the same as ``where.env``
     margin: float = DEFAULT_MARGIN
     value: Reduce = "mean"
     sources: tuple[str, ...] | None = None
@@ -123,10 +125,28 @@ class ExportOptions(msgspec.Struct, frozen=True, kw_only=True):
                             judge_weight=self.judge_weight, discount=self.discount,
                             binary=self.binary)
 
+    def trees(self) -> TreeFilter:
+        """The tree filter: ``where``, with ``env`` when it is set.
+
+        Raises:
+            ValueError: ``env`` and ``where.env`` name different environments.
+        """
+        where = self.where or TreeFilter()
+        if self.env is None or where.env == self.env:
+            return where
+        if where.env is not None:
+            raise ValueError(f"two environments asked for: {self.env!r} and {where.env!r}")
+        return msgspec.structs.replace(where, env=self.env)
+
     def check(self) -> None:
         """Raises: ValueError: an option out of range."""
+        self.trees()
         if not self.margin >= 0:
             raise ValueError(f"margin must be >= 0, got {self.margin!r}")
+        if not 0 <= self.min_score <= 1:
+            raise ValueError(f"min score must be in [0, 1], got {self.min_score!r}")
+        if not 0 <= self.label_threshold <= 1:
+            raise ValueError(f"label threshold must be in [0, 1], got {self.label_threshold!r}")
         if self.confidence is not None and not self.confidence >= 0:
             raise ValueError(f"confidence must be >= 0, got {self.confidence!r}")
         self.values.check()
@@ -355,7 +375,7 @@ _PER_TREE = {"dpo": _dpo, "steps": _steps, "sft": _sft, "stepwise": _stepwise}
 
 
 async def _trees(log: EventLog, options: ExportOptions) -> list[TreeSummary]:
-    trees: list[TreeSummary] = await log.list_trees(TreeFilter(env=options.env))
+    trees: list[TreeSummary] = await log.list_trees(options.trees())
     return trees
 
 
@@ -389,7 +409,7 @@ async def _trajectory_pairs(log: EventLog, options: ExportOptions) -> AsyncItera
     tasks: dict[tuple[str, str], list[tuple[float, int, int, str, str]]] = {}
     trees_of_task: dict[tuple[str, str], int] = {}
     task_of = {s.tree_id: (s.env, str(s.task_id)) for s in await _trees(log, options)}
-    async for tree_id, heads in log.iter_heads(TreeFilter(env=options.env)):
+    async for tree_id, heads in log.iter_heads(options.trees()):
         key = task_of.get(tree_id)
         if key is None:  # a tree whose root was stored after the listing above
             continue
@@ -446,7 +466,7 @@ async def _trajectory_pairs(log: EventLog, options: ExportOptions) -> AsyncItera
 async def compute_stats(log: EventLog, options: ExportOptions | None = None) -> dict[str, Any]:
     """``{"trees", "nodes", "branching_points", "pairs", "dropped": {"tie", "under_margin",
     "identical", "low_confidence"}, "by_env": {ENV: {the same keys}}}`` over every tree
-    (finished or not) matching ``options.env``; ``pairs + sum(dropped) ==
+    (finished or not) that ``options.trees()`` selects; ``pairs + sum(dropped) ==
     branching_points``. Where trees carry ground truth (``produced_by.mistake``), also
     ``pairs_decided``, ``pairs_correct`` and ``pair_precision`` (None with no decided
     pair; :mod:`branchpoint.store.pairs`).

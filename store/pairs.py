@@ -30,7 +30,6 @@ assistant messages the caller supplies (the graph holds no payloads).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
@@ -38,6 +37,7 @@ from typing import Any, Final, Literal, NamedTuple
 
 import networkx as nx
 
+from branchpoint.store.actions import same_action
 from branchpoint.store.values import Estimate
 
 __all__ = [
@@ -218,29 +218,3 @@ def judge_pairs(pairs: Iterable[Pair], mistakes: Mapping[str, bool]) -> tuple[in
         correct += not chosen
     return decided, correct
 
-
-def _arguments(raw: Any) -> Any:
-    if isinstance(raw, str):
-        try:
-            return ("json", json.loads(raw))
-        except ValueError:
-            return ("raw", raw)
-    return ("json", raw)
-
-
-def _action_key(m: Message) -> tuple[Any, ...]:
-    content = m.get("content")
-    calls = tuple(
-        (c.get("function", {}).get("name"), _arguments(c.get("function", {}).get("arguments")))
-        for c in m.get("tool_calls") or ()
-    )
-    # No text is no text, whether the client sent null or "".
-    return (m.get("role"), content if content != "" else None, calls)
-
-
-def same_action(a: Message, b: Message) -> bool:
-    """Whether two assistant messages are the same step: role, content, and each tool
-    call's name and parsed arguments (``{"a":1}`` equals ``{ "a": 1 }``) in order.
-    Tool-call ids, and fields such as ``refusal`` or ``reasoning_content``, are ignored;
-    arguments that are not valid JSON compare as raw strings."""
-    return _action_key(a) == _action_key(b)
