@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import shlex
 import sqlite3
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -18,12 +19,28 @@ class Policy(StrEnum):
     expert = "expert"
 
 
+def export_command(db: str, target: Path, options: Any) -> str:
+    """The ``branchpoint export dpo`` command line that writes ``target`` from ``db`` with
+    ``options`` (an ``ExportOptions``): what the demo prints so a user can reproduce it."""
+    words = ["branchpoint", "export", "dpo", "--db", db, "--out", str(target),
+             "--margin", f"{options.margin:g}"]
+    if options.confidence is not None:
+        words += ["--confidence", f"{options.confidence:g}"]
+    if options.discount != 1.0:
+        words += ["--discount", f"{options.discount:g}"]
+    if options.binary:
+        words.append("--binary")
+    if options.value != "mean":
+        words += ["--value", options.value]
+    return shlex.join(words)
+
+
 async def _run(db: str, out: Path, config: object, quiet: bool) -> None:
     from rich.progress import Progress
 
     from branchpoint.cli.data import _table
-    from branchpoint.sampler.demo import DemoConfig, histogram, run_demo
-    from branchpoint.store.exports import ExportOptions, compute_stats, export_lines
+    from branchpoint.sampler.demo import DEMO_PAIRS, DemoConfig, histogram, run_demo
+    from branchpoint.store.exports import compute_stats, export_lines
     from branchpoint.store.log import open_log
 
     assert isinstance(config, DemoConfig)
@@ -41,15 +58,23 @@ async def _run(db: str, out: Path, config: object, quiet: bool) -> None:
                 mean = sum(scores) / len(scores)
                 typer.echo(f"{env}: {len(scores)} leaves, mean score {mean:.3f}, histogram "
                            f"over [0,1] in tenths: {histogram(scores)}")
-        _table(await compute_stats(log, ExportOptions()))
+        stats = await compute_stats(log, DEMO_PAIRS)
+        _table(stats)
+        for env, s in stats["by_env"].items():
+            p = s.get("pair_precision")
+            if p is not None:
+                typer.echo(f"{env}: pair precision {p:.3f} ({s['pairs_correct']} of "
+                           f"{s['pairs_decided']} decided pairs choose the expert's "
+                           "non-mistake)")
         out.mkdir(parents=True, exist_ok=True)
         target = out / "dpo.jsonl"
         rows = 0
         with target.open("wb") as fh:
-            async for line in export_lines(log, "dpo", ExportOptions()):
+            async for line in export_lines(log, "dpo", DEMO_PAIRS):
                 fh.write(line)
                 rows += 1
-        typer.echo(f"wrote {rows} DPO pairs to {target}")
+        typer.echo(f"wrote {rows} DPO pairs to {target} with:\n  "
+                   f"{export_command(db, target, DEMO_PAIRS)}")
     finally:
         await log.close()
 
@@ -112,15 +137,21 @@ def register(app: typer.Typer) -> None:
         branch_points: Annotated[int, typer.Option(
             "--branch-points", min=0, help="Forks along each main line.")] = 3,
         branches: Annotated[int, typer.Option(
-            "--branches", min=1, help="Continuations per fork.")] = 3,
+            "--branches", min=1, help="Candidate next steps drawn at each fork.")] = 3,
+        rollouts: Annotated[int, typer.Option(
+            "--rollouts", min=1, help="Continuations of each candidate to the end: its "
+            "value is the mean of their scores.")] = 1,
         quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
     ) -> None:
-        """Play training tasks with an erring expert, fork at several steps, record every
-        step into the store, then print the stats and write the DPO export."""
+        """Play training tasks with an erring expert, fork at several steps, continue each
+        candidate step several times, record every step into the store, then print the
+        stats (with the pair precision against the expert's own mistake labels) and write
+        the DPO export, printing the export command that reproduces it."""
         from branchpoint.sampler.demo import DemoConfig
 
         config = DemoConfig(envs=tuple(env or ("fs", "shop")), tasks=tasks, mistakes=mistakes,
-                            branch_points=branch_points, branches=branches)
+                            branch_points=branch_points, branches=branches,
+                            rollouts=rollouts)
         from branchpoint.sampler.envs.registry import get_env
 
         url = store_url(db) if db else f"sqlite:///{(out / 'branchpoint.db').as_posix()}"
