@@ -61,10 +61,12 @@ COMMANDS: dict[str, str] = {
     "demo": "branchpoint.cli.demo",
     "serve-model": "branchpoint.cli.serve_model",
     "sample": "branchpoint.cli.sample",
+    "branch": "branchpoint.cli.branch",
     "model": "branchpoint.cli.train",
 }
 _OPTIONAL = ("branchpoint.cli.data", "branchpoint.cli.envs", "branchpoint.cli.demo",
-             "branchpoint.cli.serve_model", "branchpoint.cli.sample", "branchpoint.cli.train")
+             "branchpoint.cli.serve_model", "branchpoint.cli.sample", "branchpoint.cli.branch",
+             "branchpoint.cli.train")
 
 
 def _register(argv: list[str] | None = None) -> None:
