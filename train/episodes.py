@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from branchpoint.sampler.envs.base import Message, Split, tasks_in_split
+from branchpoint.sampler.envs.base import Message, Split, tasks_in_split, usage
 from branchpoint.sampler.envs.registry import make_env
 
-__all__ = ["Episode", "Policy", "demonstrations", "play", "texts_of"]
+__all__ = ["Episode", "Policy", "demonstrations", "play", "text_opening", "texts_of"]
 
 Policy = Callable[[list[Message]], Message]
 
@@ -33,12 +33,48 @@ class Episode:
     steps: int
 
 
+def text_opening(messages: Sequence[Message],
+                 tools: Sequence[dict[str, Any]]) -> list[Message]:
+    """The opening messages for text-mode actions, exactly as the sampler sends them to a
+    server without a tool-call parser: the tools' usage lines appended to the system
+    message (one is added in front when there is none). A model is trained, sampled and
+    evaluated on this same opening.
+
+    The same function as ``branchpoint.sampler.policy.text_opening``, which it defers to
+    when that module is installed.
+    """
+    try:
+        from branchpoint.sampler.policy import text_opening as shared
+    except ImportError:
+        pass
+    else:
+        opened: list[Message] = shared(messages, tools)
+        return opened
+    if not tools:
+        return [dict(m) for m in messages]
+    lines = []
+    for tool in tools:
+        fn = tool.get("function", tool)
+        desc = str(fn.get("description") or "").strip()
+        lines.append(f"{usage(tool)}: {desc}" if desc else usage(tool))
+    block = ("Write exactly one command per message, no other text. Commands:\n"
+             + "\n".join(lines))
+    out = [dict(m) for m in messages]
+    if out and out[0].get("role") == "system" and isinstance(out[0].get("content"), str):
+        out[0]["content"] = f"{out[0]['content']}\n\n{block}"
+    else:
+        out.insert(0, {"role": "system", "content": block})
+    return out
+
+
 def play(env_name: str, task_id: int, policy: Policy, options: dict[str, Any] | None = None,
          ) -> Episode:
-    """Play one task to its end (``submit`` or the environment's step limit)."""
+    """Play one task to its end (``submit`` or the environment's step limit), opening with
+    :func:`text_opening` (actions are text commands)."""
     env = make_env(env_name, task_id, **(options or {}))
     try:
-        messages = list(env.reset().messages)
+        reset = env.reset()
+        messages = text_opening(reset.messages, reset.tools)
         while True:
             action = policy(messages)
             result = env.step(action)
