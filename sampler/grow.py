@@ -61,7 +61,7 @@ from branchpoint.store.errors import (
     ReplayDivergence,
     TreeNotFound,
 )
-from branchpoint.store.events import Event, ScoreAssigned
+from branchpoint.store.events import Event, NodeCreated, ScoreAssigned
 from branchpoint.store.log import EventLog
 
 __all__ = ["RunStats", "SampleConfig", "TreeOutcome", "run_name", "sample_run", "sample_tree"]
@@ -156,6 +156,8 @@ class _Tree:
     scored: set[str]
     tokens: int
     requests_seen: set[str]
+    lines: dict[str, str] = field(default_factory=dict)  # node id -> meta.line
+    reserved: int = 0  # candidates asked for and not yet created
     ended_by: set[str] = field(default_factory=set)
     budget_hit: bool = False
 
@@ -172,22 +174,27 @@ def _check_detail(check: Check, end: str) -> dict[str, Any]:
                          for g in check.subgoals]}
 
 
-def _stored_state(events: Sequence[Event]) -> tuple[set[str], int, set[str]]:
-    """Leaves already scored by the checker, completion tokens spent, request ids seen."""
+def _stored_state(events: Sequence[Event]
+                  ) -> tuple[set[str], int, set[str], dict[str, str]]:
+    """Leaves already scored by the checker, completion tokens spent, request ids seen,
+    and each node's role (``meta.line``)."""
     scored: set[str] = set()
     tokens = 0
     seen: set[str] = set()
+    lines: dict[str, str] = {}
     for ev in events:
         p = ev.payload
         if isinstance(p, ScoreAssigned) and p.source == "checker":
             scored.add(p.node_id)
+        if isinstance(p, NodeCreated) and isinstance(p.meta, dict) and "line" in p.meta:
+            lines[p.node_id] = str(p.meta["line"])
         produced = getattr(p, "produced_by", None)
         if isinstance(produced, dict):
             rid = produced.get("request_id")
             if isinstance(rid, str) and rid not in seen:
                 seen.add(rid)
                 tokens += int((produced.get("usage") or {}).get("completion_tokens") or 0)
-    return scored, tokens, seen
+    return scored, tokens, seen, lines
 
 
 class Sampler:
@@ -212,7 +219,7 @@ class Sampler:
     def _over_budget(self, tree: _Tree) -> bool:
         c = self.config
         if c.tree_node_budget is not None and len(tree.builder.state.nodes) - 1 \
-                >= c.tree_node_budget:
+                + tree.reserved >= c.tree_node_budget:
             return True
         if c.tree_token_budget is not None and tree.tokens >= c.tree_token_budget:
             return True
@@ -235,8 +242,8 @@ class Sampler:
             self.stats.trees_resumed += 1
         else:
             builder = TreeBuilder(tree_id, writer=self.config.writer)
-        scored, tokens, seen = _stored_state(events)
-        tree = _Tree(tree_id, builder, self.log, asyncio.Lock(), scored, tokens, seen)
+        scored, tokens, seen, lines = _stored_state(events)
+        tree = _Tree(tree_id, builder, self.log, asyncio.Lock(), scored, tokens, seen, lines)
         env = self._make_env(task_id, builder)
         self.stats.trees_running += 1
         try:
@@ -264,9 +271,8 @@ class Sampler:
                            bool(events), detail)
 
     def _make_env(self, task_id: int, builder: TreeBuilder) -> Environment:
-        root = builder.state.nodes.get("root") if builder.state.nodes else None
         options = dict(self.config.options)
-        if root is not None and builder.state.root is not None:
+        if builder.state.root is not None:
             options = task_options(builder.state.root.task or {})
         return make_env(self.config.env, task_id, **options)
 
@@ -345,6 +351,9 @@ class Sampler:
                     await self._leaf(tree, node, env, "budget")
                     return
                 n, roles = fan
+                # Candidates in flight count against the node budget, so that concurrent
+                # branches cannot all pass the check at once.
+                tree.reserved += n
                 try:
                     children = await self._propose(tree, node, messages=messages, tools=tools,
                                                    n=n, roles=roles)
@@ -362,8 +371,11 @@ class Sampler:
                        tools: list[dict[str, Any]] | None, n: int, roles: list[str]
                        ) -> list[str]:
         seed = seed_for(self.config.sampling.seed, f"{tree.tree_id}/{node}")
-        async with self.requests:
-            cands = await self.policy.propose(messages, tools, n, seed=seed)
+        try:
+            async with self.requests:
+                cands = await self.policy.propose(messages, tools, n, seed=seed)
+        finally:
+            tree.reserved -= n
         self.stats.requests += 1
         first = cands[0].produced_by
         usage = first.get("usage") or {}
@@ -376,8 +388,10 @@ class Sampler:
         created = []
         for i, cand in enumerate(cands):
             role = roles[0] if i == 0 else roles[-1]
-            created.append(tree.builder.node(node, cand.message, produced_by=cand.produced_by,
-                                             meta={"line": role}))
+            child = tree.builder.node(node, cand.message, produced_by=cand.produced_by,
+                                      meta={"line": role})
+            tree.lines[child] = role
+            created.append(child)
         self.stats.nodes += len(created)
         await tree.flush()
         return created
@@ -397,7 +411,7 @@ class Sampler:
             env.close()
             raise ReplayDivergence(f"tree {tree.tree_id}: node {child} replayed to another "
                                    "observation than the recorded one")
-        line = str((info.meta or {}).get("line") or "main")
+        line = tree.lines.get(child, "main")
         await self._expand(tree, child, env, messages=[*messages, action, *result.observation],
                            tools=tools, depth=depth, line=line)
 

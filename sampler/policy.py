@@ -127,7 +127,7 @@ def _assistant(msg: dict[str, Any]) -> Message:
 def merge_candidates(candidates: Sequence[Candidate]) -> list[Candidate]:
     """Identical steps (same role, content, tool names and arguments) merged into the
     first of them, their counts added; order of first appearance kept."""
-    from branchpoint.store.pairs import same_action
+    from branchpoint.store.actions import same_action
 
     out: list[Candidate] = []
     for cand in candidates:

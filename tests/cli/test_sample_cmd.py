@@ -51,7 +51,8 @@ def test_sample_grows_and_closes_one_tree_per_task_and_prints_a_summary(tmp_path
     assert again.exit_code == 0, again.output
     assert "2 already closed" in again.output
     assert sorted(tree_ids(db)) == sorted(f"r1/fs/{t}" for t in tasks_in_split("train", 2))
-    assert len(ep.requests) == 2  # the second run asked nothing
+    sampled = [r for r in ep.requests if r["n"] == 2]  # not the tools probes (n=1)
+    assert len(sampled) == 2  # the second run asked nothing
 
 
 def test_an_unreachable_endpoint_exits_1_before_storing_anything(tmp_path: Path) -> None:

@@ -1,9 +1,10 @@
 """Fixtures for the sampler's integration tests: ONE real vLLM server per test session.
 
-``served_model`` builds the small model once (``branchpoint model build``), starts ``branchpoint serve-model`` on it (a
-real subprocess, vLLM's CPU build in its cached virtual environment, with the ``hermes``
-tool-call parser so tool mode can be tested too), waits for the base URL it prints, and
-at the end of the session stops it with SIGTERM and checks the whole server exited.
+``served_model`` builds the small model once (``branchpoint model build``), starts
+``branchpoint serve-model`` on it (a real subprocess, vLLM's CPU build in its cached
+virtual environment, with the ``hermes`` tool-call parser so tool mode can be tested too),
+waits for the base URL it prints, and at the end of the session stops it with SIGTERM
+and checks the whole server exited.
 """
 
 from __future__ import annotations

@@ -176,6 +176,10 @@ async def test_a_failing_endpoint_closes_that_tree_with_error_and_the_run_goes_o
     assert closed.detail["kind"] == "http_503" and "kept failing" in closed.detail["message"]
 
 
+class Killed(BaseException):
+    """Stands for the process being killed: nothing in the sampler catches it."""
+
+
 class CrashingLog:
     """A log that dies (like a killed process) after ``after`` appends."""
 
@@ -184,7 +188,7 @@ class CrashingLog:
 
     async def append(self, events: Sequence[Event], **kw: Any) -> AppendResult:
         if self.after <= 0:
-            raise KeyboardInterrupt
+            raise Killed
         self.after -= 1
         return await self.inner.append(events, **kw)
 
@@ -198,7 +202,7 @@ async def test_a_run_killed_mid_way_resumes_to_the_same_tree_and_recreates_nothi
     whole, crashed = MemoryEventLog(), MemoryEventLog()
     with ScriptedEndpoint(replies("ls", "submit")) as ep:
         await grow(ep, whole, config())
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(Killed):
             await grow(ep, CrashingLog(crashed, crash_after), config())  # type: ignore[arg-type]
         before = {e.event_id for e in await crashed.read_tree("t/fs/2")}
         await grow(ep, crashed, config())

@@ -5,6 +5,7 @@ the hermes parser, and a run killed mid-way then resumed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import sys
@@ -104,10 +105,8 @@ def test_a_killed_run_resumes_and_finishes_without_recreating_anything(
             trees = asyncio.run(_events(db))
             if sum(len(v) for v in trees.values()) >= 8:
                 break
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=0.2)
-        except subprocess.TimeoutExpired:
-            pass
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
