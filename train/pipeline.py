@@ -301,6 +301,11 @@ def run_pipeline(settings: DemoSettings, out: Path, *, fresh: bool = False,
         before = stages.run("eval_before", k_before, lambda f: _eval(
             url, name, settings, f, progress=say, label="eval_before"))
 
+    if not sample.info.get("n_pairs"):
+        raise RuntimeError(
+            f"the SFT model's trees gave no DPO pairs (see `branchpoint stats --db "
+            f"{sample.info.get('db')}`): every branching point tied or fell under the "
+            f"margin; sample more tasks, or train SFT longer so that branches differ")
     k_dpo = _key(k_sample, "dpo", settings.margin, settings.dpo)
     dpo = stages.run("dpo", k_dpo, lambda f: {
         "model": str(train_dpo(str(sft_model), read_jsonl(sample.info["pairs"]),
