@@ -250,8 +250,9 @@ class Recorder:
     # --- reading ----------------------------------------------------------------------------
 
     async def get_tree(self, *, tree_id: str, node_id: str | None = None,
-                       text_limit: int = 200) -> m.TreeSummary:
-        """A compact view of one tree.
+                       text_limit: int = 200, max_nodes: int = 200) -> m.TreeSummary:
+        """A compact view of one tree: at most ``max_nodes`` nodes (those on the path
+        first, then the others in the order recorded), texts cut to ``text_limit``.
 
         Raises:
             TreeNotFound: no such tree.
@@ -267,10 +268,21 @@ class Recorder:
                             and ev.payload.parent_id is None)
         assert isinstance(root_payload, NodeCreated)
         task = root_payload.task or {}
+        path = view.path(node_id if node_id is not None else order[-1])
+        shown = set(path[:max_nodes])
+        for n in order:
+            if len(shown) >= max_nodes:
+                break
+            shown.add(n)
         nodes, points = [], []
         for n in order:
             attrs = g.nodes[n]
             children = sorted(g.successors(n), key=lambda c: g.nodes[c]["seq"])
+            if len(children) >= 2:
+                points.append(m.BranchPoint(node_id=n, children={
+                    c: view.values.get(c) for c in children}))
+            if n not in shown:
+                continue
             parent = next(iter(g.predecessors(n)), None)
             obs = view.observations.get(n)
             nodes.append(m.NodeSummary(
@@ -282,9 +294,6 @@ class Recorder:
                 done=attrs["done"],
                 scores={s: v for s, (_, v) in sorted(attrs["scores"].items())},
                 value=view.values.get(n), children=children))
-            if len(children) >= 2:
-                points.append(m.BranchPoint(node_id=n, children={
-                    c: view.values.get(c) for c in children}))
         leaves = view.leaves()
         valued = [n for n in leaves if n in view.values and n != g.graph["root"]]
         best = max(valued, key=lambda n: view.values[n], default=None)
@@ -294,8 +303,8 @@ class Recorder:
             origin=root_payload.origin, closed=g.graph["closed"],
             node_count=g.number_of_nodes(),
             max_depth=max((g.nodes[n]["depth"] for n in g), default=0), nodes=nodes,
-            branching_points=points, leaves=leaves, best_leaf=best,
-            path=view.path(node_id if node_id is not None else order[-1]))
+            nodes_truncated=len(nodes) < len(order), branching_points=points,
+            leaves=leaves, best_leaf=best, path=path)
 
     async def tree_document(self, tree_id: str) -> Message:
         """The whole tree as one JSON object (the resource's content): the task, the

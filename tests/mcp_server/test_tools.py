@@ -16,6 +16,7 @@ from mcp import Client, MCPError
 
 from branchpoint.mcp_server.server import TREE_TEMPLATE, build_server
 from branchpoint.mcp_server.service import Recorder, tree_uri
+from branchpoint.store.errors import ConflictingEvent
 from branchpoint.store.events import Event, ScoreAssigned
 from branchpoint.store.exports import ExportOptions, export_lines
 from branchpoint.store.log import EventLog, MemoryEventLog, TreeFilter, open_log
@@ -207,6 +208,12 @@ async def test_get_tree_shows_branching_points_values_and_the_path(recorder: Rec
         short = await call("get_tree", {"tree_id": session["tree_id"], "node_id": wrong,
                                         "text_limit": 20})
         assert short["path"] == ["root", ls, wrong]
+        assert not short["nodes_truncated"]
+        few = await call("get_tree", {"tree_id": session["tree_id"], "node_id": wrong,
+                                      "max_nodes": 3})
+        assert [n["node_id"] for n in few["nodes"]] == ["root", ls, wrong]
+        assert few["nodes_truncated"] and few["node_count"] == 4
+        assert few["branching_points"] == tree["branching_points"]
         assert all(len(n["observation"] or "") <= 20 for n in short["nodes"])
 
 
@@ -420,6 +427,7 @@ class _Barrier:
     def __init__(self, log: EventLog, n: int) -> None:
         self._log, self._n, self._count = log, n, 0
         self._all = asyncio.Event()
+        self.refused = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._log, name)
@@ -433,7 +441,11 @@ class _Barrier:
         return events
 
     async def append(self, events: Sequence[Event], **kw: Any) -> Any:
-        return await self._log.append(events, **kw)
+        try:
+            return await self._log.append(events, **kw)
+        except ConflictingEvent:
+            self.refused += 1
+            raise
 
 
 async def test_two_writers_racing_on_one_tree_both_get_their_step_stored(
@@ -449,5 +461,6 @@ async def test_two_writers_racing_on_one_tree_both_get_their_step_stored(
                       observation=[{"role": "tool", "tool_call_id": "c2", "content": who}],
                       done=False) for r, who in ((a, "a"), (b, "b"))))
     assert len({s.node_id for s in steps}) == 2
+    assert barrier.refused == 1  # the race happened: one writer's ids were taken, it retried
     runs = [ev.payload for ev in await log.read_tree(tree) if ev.type == "action_executed"]
     assert sorted(r.observation[0]["content"] for r in runs[1:]) == ["a", "b"]
