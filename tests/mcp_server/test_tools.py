@@ -16,7 +16,7 @@ from mcp import Client, MCPError
 
 from branchpoint.mcp_server.server import TREE_TEMPLATE, build_server
 from branchpoint.mcp_server.service import Recorder, tree_uri
-from branchpoint.store.errors import ConflictingEvent
+from branchpoint.store.errors import ConflictingEvent, InvalidEvent
 from branchpoint.store.events import Event, ScoreAssigned
 from branchpoint.store.exports import ExportOptions, export_lines
 from branchpoint.store.log import EventLog, MemoryEventLog, TreeFilter, open_log
@@ -26,6 +26,7 @@ from tests.mcp_server.scenario import (
     SYSTEM,
     USER,
     WRONG,
+    WRONG_SEEN,
     Call,
     caller,
     check_pair,
@@ -464,3 +465,30 @@ async def test_two_writers_racing_on_one_tree_both_get_their_step_stored(
     assert barrier.refused == 1  # the race happened: one writer's ids were taken, it retried
     runs = [ev.payload for ev in await log.read_tree(tree) if ev.type == "action_executed"]
     assert sorted(r.observation[0]["content"] for r in runs[1:]) == ["a", "b"]
+
+
+async def test_a_recorder_sees_steps_another_process_added_since_its_last_call(
+        log: EventLog) -> None:
+    a, b = Recorder(log), Recorder(log)  # two server processes on one store
+    tree = (await a.start_trajectory(messages=[SYSTEM, USER])).tree_id
+    first = await a.record_step(tree_id=tree, parent_node_id="root", action=LS,
+                                observation=LS_SEEN, done=False)
+    second = await b.record_step(tree_id=tree, parent_node_id=first.node_id, action=WRONG,
+                                 observation=WRONG_SEEN, done=False)
+    third = await a.record_step(tree_id=tree, parent_node_id=second.node_id, action=LS,
+                                observation=LS_SEEN, done=False)
+    assert [first.node_id, second.node_id, third.node_id] == ["mcp.0", "mcp.1", "mcp.2"]
+    assert (await a.fork(tree_id=tree, node_id=third.node_id)).depth == 3
+
+
+async def test_a_refused_step_leaves_no_trace_in_the_next_one(log: EventLog) -> None:
+    r = Recorder(log)
+    tree = (await r.start_trajectory(messages=[SYSTEM, USER])).tree_id
+    with pytest.raises(InvalidEvent):  # the store refuses it after the builder minted it
+        await r.record_step(tree_id=tree, parent_node_id="root", action=LS,
+                            observation=[{"role": "tool", "content": "no id"}], done=False)
+    step = await r.record_step(tree_id=tree, parent_node_id="root", action=LS,
+                               observation=LS_SEEN, done=False)
+    assert step.node_id == "mcp.0" and step.siblings == []
+    assert [ev.event_id for ev in await log.read_tree(tree)] == [
+        f"{tree}/root", f"{tree}/mcp.0", f"{tree}/mcp.0/run"]
