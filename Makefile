@@ -23,6 +23,7 @@ demo: $(STAMP)
 ## Every test, PostgreSQL included (started if it is down), after ruff and strict mypy.
 test: $(STAMP)
 	bash scripts/ensure-postgres.sh
+	PY=$(BIN)/python bash scripts/ensure-vllm.sh
 	$(BIN)/ruff check .
 	bash scripts/typecheck.sh
 	$(BIN)/python -m pytest -q

@@ -48,11 +48,23 @@ MarginOption = Annotated[float, typer.Option(
 ValueOption = Annotated[ValueMode, typer.Option(
     "--value", help="An inner node's value: the mean or the max of its children's.")]
 SourcesOption = Annotated[str | None, typer.Option(
-    "--sources", help="Comma-separated score sources a leaf's value may come from "
-    "(default: all; the most recent counts). Not with --judge-weight.")]
+    "--sources", help="Comma-separated score sources a leaf's value may come from; the "
+    "most recent counts (default: human, else checker, else judge, else the most recent "
+    "other). Not with --judge-weight.")]
 JudgeWeightOption = Annotated[float | None, typer.Option(
     "--judge-weight", min=0.0, max=1.0,
     help="Leaf value = (1-W)*checker + W*judge, or whichever of the two exists.")]
+ConfidenceOption = Annotated[float | None, typer.Option(
+    "--confidence", min=0.0, metavar="Z",
+    help="Keep a pair only when it also wins by Z standard errors of the value difference "
+    "(dropped pairs count as low_confidence). Default: no such test.")]
+DiscountOption = Annotated[float, typer.Option(
+    "--discount", metavar="G",
+    help="A leaf's score counts G^k at the node k steps above it, so the shorter of two "
+    "equal successes is worth more (0 < G <= 1; default 1: no discount).")]
+BinaryOption = Annotated[bool, typer.Option(
+    "--binary", help="Count a checker score as 1.0 when it is 1.0, else 0.0 (what a 0/1 "
+    "checker would give); judge scores are left as they are.")]
 
 
 def _options(**kw: Any) -> Any:
@@ -101,11 +113,14 @@ def _table(stats: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="branchpoint stats")
-    cols = ["trees", "nodes", "branching_points", "pairs", "tie", "under_margin", "identical"]
+    table = Table(title="branchpoint stats", caption="dropped: tie, under margin, "
+                  "identical actions, low confidence (the last four columns)")
+    cols = {"trees": "trees", "nodes": "nodes", "branching_points": "branching",
+            "pairs": "pairs", "tie": "tie", "under_margin": "under", "identical": "same",
+            "low_confidence": "low Z"}
     table.add_column("env")
-    for c in cols:
-        table.add_column(c.replace("_", " "), justify="right")
+    for header in cols.values():
+        table.add_column(header, justify="right")
 
     def row(name: str, s: dict[str, Any]) -> list[str]:
         flat = {**s, **s["dropped"]}
@@ -114,7 +129,23 @@ def _table(stats: dict[str, Any]) -> None:
     for env, s in stats["by_env"].items():
         table.add_row(*row(env, s))
     table.add_row(*row("all", stats), style="bold")
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if "pairs_decided" not in stats:
+        return
+    truth = Table(title="pairs against the expert's own mistake labels")
+    for header in ("env", "decided", "correct", "precision"):
+        truth.add_column(header, justify="left" if header == "env" else "right")
+
+    def truth_row(name: str, s: dict[str, Any]) -> list[str]:
+        p = s.get("pair_precision")
+        return [name, str(s.get("pairs_decided", "-")), str(s.get("pairs_correct", "-")),
+                "-" if p is None else f"{p:.3f}"]
+
+    for env, s in stats["by_env"].items():
+        truth.add_row(*truth_row(env, s))
+    truth.add_row(*truth_row("all", stats), style="bold")
+    console.print(truth)
 
 
 #: The formats each option applies to; giving it for another format is a usage error.
@@ -208,6 +239,9 @@ def register(app: typer.Typer) -> None:
         tool_arguments: Annotated[ToolArguments, typer.Option(
             "--tool-arguments", help="Tool-call arguments as JSON objects (what chat "
             "templates expect) or as the strings the model sent.")] = ToolArguments.object,
+        confidence: ConfidenceOption = None,
+        discount: DiscountOption = 1.0,
+        binary: BinaryOption = False,
     ) -> None:
         """Export training data as JSON Lines, one example per line, in a deterministic
         order. Every tree the filters select counts, finished or not. An option that does
@@ -218,7 +252,8 @@ def register(app: typer.Typer) -> None:
         options = _options(where=trees, margin=margin, value=value.value, sources=sources,
                            judge_weight=judge_weight, min_score=min_score,
                            label_threshold=label_threshold, with_metadata=with_metadata,
-                           tool_arguments=tool_arguments.value)
+                           tool_arguments=tool_arguments.value, confidence=confidence,
+                           discount=discount, binary=binary)
         try:
             if out is None:
                 count, matched = asyncio.run(_export(db, fmt.value, options,
@@ -247,14 +282,19 @@ def register(app: typer.Typer) -> None:
         value: ValueOption = ValueMode.mean,
         sources: SourcesOption = None,
         judge_weight: JudgeWeightOption = None,
+        confidence: ConfidenceOption = None,
+        discount: DiscountOption = 1.0,
+        binary: BinaryOption = False,
     ) -> None:
         """Count trees, nodes, branching points, pairs and the points dropped (tie,
-        under margin, identical actions), in all and per environment, over the trees the
-        filters select."""
+        under margin, identical actions, low confidence), in all and per environment, over
+        the trees the filters select; where the steps record which were mistakes (the
+        scripted expert), also the decided pairs and the pair precision."""
         if _given(ctx, "sources") and _given(ctx, "judge_weight"):
             raise _usage_error(ctx, "--sources does not apply with --judge-weight")
         options = _options(where=trees, margin=margin, value=value.value, sources=sources,
-                           judge_weight=judge_weight)
+                           judge_weight=judge_weight, confidence=confidence,
+                           discount=discount, binary=binary)
         try:
             result = asyncio.run(_stats(db, options))
         except (BranchpointError, ValueError, OSError) as exc:
