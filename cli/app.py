@@ -57,11 +57,13 @@ PUBLIC_EXACT = frozenset({"/health", "/", "/favicon.ico", "/schema"})
 class ServeConfig:
     """How the server runs: ``token`` (None: no auth), ``max_body`` (bytes of a request
     body), ``stateless`` (several worker processes: nothing may keep per-process
-    sessions, e.g. the MCP endpoint)."""
+    sessions, e.g. the MCP endpoint), ``export_dir`` (the one folder the MCP export tool
+    may write files under; None: none)."""
 
     token: str | None = None
     max_body: int = DEFAULT_MAX_BODY
     stateless: bool = False
+    export_dir: str | None = None
 
 
 def _public(path: str) -> bool:

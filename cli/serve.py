@@ -13,7 +13,8 @@ import logging
 import os
 import re
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Annotated, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
@@ -60,8 +61,11 @@ def parts(config: ServeConfig) -> tuple[list[ControllerRouterHandler], dict[str,
     Each part adds one line here (the recording proxy's router to ``routes``, the MCP
     endpoint's ASGI app to ``mounts["/mcp"]``; ``config.stateless`` says whether several
     workers share the load)."""
+    from branchpoint.mcp_server.http import mcp_mount
+
     routes: list[ControllerRouterHandler] = []
     mounts: dict[str, ASGIApp] = {}
+    mounts["/mcp"] = cast("ASGIApp", mcp_mount(config))  # Starlette's scope types
     return routes, mounts
 
 
@@ -100,6 +104,10 @@ def register(app: typer.Typer) -> None:
         insecure: Annotated[bool, typer.Option(
             "--insecure", help="Allow listening beyond loopback without a token.")] = False,
         log_level: Annotated[str, typer.Option("--log-level")] = "info",
+        export_dir: Annotated[Path | None, typer.Option(
+            "--export-dir", exists=True, file_okay=False, dir_okay=True, resolve_path=True,
+            help="The one folder the MCP export tool may write files under (default: "
+            "none; MCP exports are returned inline only).")] = None,
     ) -> None:
         """Serve the API (/v1, OpenAPI at /schema/openapi.json), the tree viewer (/) and
         the mounted parts with uvicorn."""
@@ -122,7 +130,8 @@ def register(app: typer.Typer) -> None:
         if workers > 1 and db.startswith("memory:"):
             raise fail("--workers > 1 needs a shared store (PostgreSQL, or a SQLite file); "
                        "each worker would get its own memory:// log", 2)
-        config = ServeConfig(token=token or None, max_body=limit, stateless=workers > 1)
+        config = ServeConfig(token=token or None, max_body=limit, stateless=workers > 1,
+                             export_dir=str(export_dir) if export_dir else None)
         typer.echo(f"serving {db} on http://{host}:{port}/ (workers: {workers}, "
                    f"token: {'yes' if token else 'no'})", err=True)
         if workers == 1:
