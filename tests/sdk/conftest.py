@@ -123,3 +123,47 @@ def upstream() -> Iterator[Upstream]:
     u = Upstream(free_port())
     yield u
     u.stop()
+
+
+class ProxyServer:
+    """The recording proxy served by uvicorn (``proxy_app.py``) over a SQLite file, in
+    front of a scripted upstream that wants ``UPSTREAM_KEY``."""
+
+    UPSTREAM_KEY = "upstream-secret"
+
+    def __init__(self, db: Path) -> None:
+        self.db = db
+        self.upstream = Upstream(free_port(), self.UPSTREAM_KEY)
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory", "tests.sdk.proxy_app:app",
+             "--port", str(port), "--log-level", "warning"],
+            cwd=REPO, stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(REPO), "BP_DB": str(db),
+                 "BP_UPSTREAM": self.upstream.url.removesuffix("/v1"),
+                 "BP_UPSTREAM_KEY": self.UPSTREAM_KEY})
+
+        def listening() -> bool:
+            assert self.proc.poll() is None, self.proc.stderr.read() if self.proc.stderr \
+                else "the proxy exited"
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+
+        wait_for(listening, what="the proxy to listen")
+
+    def base(self, trajectory_id: str) -> str:
+        return f"{self.url}/proxy/{trajectory_id}/v1"
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        _, err = self.proc.communicate(timeout=20)
+        self.upstream.stop()
+        return err.decode(errors="replace")
+
+
+@pytest.fixture
+def proxy(tmp_path: Path) -> Iterator[ProxyServer]:
+    p = ProxyServer(tmp_path / "proxied.db")
+    yield p
+    p.stop()
