@@ -113,9 +113,11 @@ COMMANDS: dict[str, str] = {
     "model": "branchpoint.cli.train",
     "train": "branchpoint.cli.train",
     "eval": "branchpoint.cli.train",
+    "mcp": "branchpoint.cli.mcp",
+    "serve": "branchpoint.cli.serve",
 }
-_OPTIONAL = ("branchpoint.cli.data", "branchpoint.cli.envs", "branchpoint.cli.demo",
-             "branchpoint.cli.serve_model", "branchpoint.cli.sample", "branchpoint.cli.train")
+# Every module but ingest's may be missing from a trimmed install; dict order, no repeats.
+_OPTIONAL = tuple(dict.fromkeys(m for m in COMMANDS.values() if m != "branchpoint.cli.ingest"))
 
 
 def _register(argv: list[str] | None = None) -> None:

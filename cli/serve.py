@@ -1,0 +1,133 @@
+"""``branchpoint serve``: the API, the viewer and the mounted parts, under uvicorn.
+
+:func:`build_app` is where the parts are put together; a part (the recording proxy, the
+MCP endpoint) is one line in :func:`parts`. With ``--workers N`` uvicorn starts N
+processes, each building its app from the environment (:func:`app_from_env`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import re
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from branchpoint.cli.main import DbOption, fail
+
+if TYPE_CHECKING:
+    from litestar import Litestar
+    from litestar.types import ASGIApp, ControllerRouterHandler
+
+    from branchpoint.cli.app import ServeConfig
+
+logger = logging.getLogger("branchpoint.serve")
+
+ENV_CONFIG = "BRANCHPOINT_SERVE_CONFIG"
+_SIZE = re.compile(r"^\s*(\d+)\s*(|b|k|kb|kib|m|mb|mib|g|gb|gib)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2,
+          "mib": 1024**2, "g": 1024**3, "gb": 1000**3, "gib": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """``"32MiB"``, ``"1000000"``, ``"64k"`` as bytes.
+
+    Raises:
+        ValueError: not a size.
+    """
+    m = _SIZE.match(text)
+    if m is None or int(m.group(1)) <= 0:
+        raise ValueError(f"not a size in bytes: {text!r} (e.g. 32MiB, 500kB, 1048576)")
+    return int(m.group(1)) * _UNITS[m.group(2).lower()]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only listens on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def parts(config: ServeConfig) -> tuple[list[ControllerRouterHandler], dict[str, ASGIApp]]:
+    """The parts mounted beside the API and the viewer: ``(extra_routes, mounts)``.
+    Each part adds one line here (the recording proxy's router to ``routes``, the MCP
+    endpoint's ASGI app to ``mounts["/mcp"]``; ``config.stateless`` says whether several
+    workers share the load)."""
+    routes: list[ControllerRouterHandler] = []
+    mounts: dict[str, ASGIApp] = {}
+    return routes, mounts
+
+
+def build_app(db: str, config: ServeConfig) -> Litestar:
+    """The whole app over the store at ``db`` (opened at start-up)."""
+    from branchpoint.cli.app import create_app
+
+    routes, mounts = parts(config)
+    return create_app(db, config, extra_routes=routes, mounts=mounts)
+
+
+def app_from_env() -> Litestar:
+    """uvicorn's factory in each worker process: the app from ``$BRANCHPOINT_SERVE_CONFIG``."""
+    from branchpoint.cli.app import ServeConfig
+
+    raw: dict[str, Any] = json.loads(os.environ[ENV_CONFIG])
+    db = raw.pop("db")
+    return build_app(db, ServeConfig(**raw))
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def serve(  # noqa: PLR0917 - Typer reads options from the parameters
+        db: DbOption,
+        host: Annotated[str, typer.Option("--host", help="Address to listen on.")
+                        ] = "127.0.0.1",
+        port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8000,
+        token: Annotated[str | None, typer.Option(
+            "--token", envvar="BRANCHPOINT_TOKEN", show_default=False,
+            help="Require 'Authorization: Bearer TOKEN' on /v1 and the mounted parts "
+            "(default: $BRANCHPOINT_TOKEN).")] = None,
+        workers: Annotated[int, typer.Option(
+            "--workers", min=1, help="Worker processes (several: use PostgreSQL).")] = 1,
+        max_body: Annotated[str, typer.Option(
+            "--max-body", help="Largest request body; bigger ones get 413.")] = "32MiB",
+        insecure: Annotated[bool, typer.Option(
+            "--insecure", help="Allow listening beyond loopback without a token.")] = False,
+        log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    ) -> None:
+        """Serve the API (/v1, OpenAPI at /schema/openapi.json), the tree viewer (/) and
+        the mounted parts with uvicorn."""
+        import uvicorn
+
+        from branchpoint.cli.app import ServeConfig
+
+        try:
+            limit = parse_size(max_body)
+        except ValueError as exc:
+            raise fail(f"--max-body: {exc}", 2) from None
+        if not token and not is_loopback(host):
+            if not insecure:
+                raise fail(f"refusing to listen on {host} without --token: anyone who can "
+                           f"reach it could read and write the store (add --insecure to do "
+                           f"it anyway)", 2)
+            logging.basicConfig(level=logging.WARNING)
+            logger.warning("listening on %s WITHOUT a token (--insecure): anyone who can "
+                           "reach this address can read and write the store", host)
+        if workers > 1 and db.startswith("memory:"):
+            raise fail("--workers > 1 needs a shared store (PostgreSQL, or a SQLite file); "
+                       "each worker would get its own memory:// log", 2)
+        config = ServeConfig(token=token or None, max_body=limit, stateless=workers > 1)
+        typer.echo(f"serving {db} on http://{host}:{port}/ (workers: {workers}, "
+                   f"token: {'yes' if token else 'no'})", err=True)
+        if workers == 1:
+            uvicorn.run(build_app(db, config), host=host, port=port, log_level=log_level)
+        else:
+            os.environ[ENV_CONFIG] = json.dumps({"db": db, **asdict(config)})
+            uvicorn.run("branchpoint.cli.serve:app_from_env", factory=True, host=host,
+                        port=port, workers=workers, log_level=log_level)
