@@ -62,6 +62,8 @@ class ServeConfig:
     token: str | None = None
     max_body: int = DEFAULT_MAX_BODY
     stateless: bool = False
+    upstream: str | None = None  # the recording proxy's OpenAI-compatible endpoint
+    upstream_key: str | None = None
 
 
 def _public(path: str) -> bool:

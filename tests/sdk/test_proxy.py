@@ -1,9 +1,10 @@
-"""The recording proxy through real ports: an OpenAI client -> uvicorn serving the proxy
--> the scripted upstream; what reaches the agent, what is recorded."""
+"""The recording proxy through real ports: an OpenAI client -> ``branchpoint serve
+--upstream`` -> the scripted upstream; what reaches the agent, what is recorded."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 import openai
@@ -91,6 +92,24 @@ def test_the_answer_reaches_the_agent_when_recording_fails(proxy: ProxyServer) -
     err = proxy.stop()
     assert "recording a call of tree 'broken' failed" in err
     assert all(row["tree_id"] != "broken" for row in stored(proxy.db))
+
+
+def test_with_a_server_token_the_agents_key_is_that_token_and_never_goes_upstream(
+        tmp_path: Path) -> None:
+    proxy = ProxyServer(tmp_path / "guarded.db", token="bp-token")
+    try:
+        with openai.OpenAI(base_url=proxy.base("g"), api_key="wrong", max_retries=0) as c, \
+                pytest.raises(openai.AuthenticationError):
+            c.chat.completions.create(messages=OPENING, **KW)
+        with openai.OpenAI(base_url=proxy.base("g"), api_key="bp-token", max_retries=0) as c:
+            c.chat.completions.create(messages=OPENING, **KW)
+        auths = [r["headers"].get("authorization") for r in proxy.upstream.requests()]
+        assert auths == [f"Bearer {ProxyServer.UPSTREAM_KEY}"]
+        bearer = {"authorization": "Bearer bp-token"}
+        assert httpx.post(f"{proxy.url}/proxy/g/close", headers=bearer).is_success
+        assert httpx.post(f"{proxy.url}/proxy/g/close").status_code == 401
+    finally:
+        proxy.stop()
 
 
 def test_score_and_close_refuse_what_they_cannot_record(proxy: ProxyServer) -> None:
