@@ -64,6 +64,8 @@ class ServeConfig:
     max_body: int = DEFAULT_MAX_BODY
     stateless: bool = False
     export_dir: str | None = None
+    upstream: str | None = None  # the recording proxy's OpenAI-compatible endpoint
+    upstream_key: str | None = None
 
 
 def _public(path: str) -> bool:
