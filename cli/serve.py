@@ -103,9 +103,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Serve the API (/v1, OpenAPI at /schema/openapi.json), the tree viewer (/) and
         the mounted parts with uvicorn."""
-        import uvicorn
+        try:
+            import uvicorn
 
-        from branchpoint.cli.app import ServeConfig
+            from branchpoint.cli.app import ServeConfig
+        except ImportError as exc:
+            raise fail(f"branchpoint serve needs the server extra ({exc.name} is missing): "
+                       f"pip install 'branchpoint[server]'") from None
 
         try:
             limit = parse_size(max_body)
