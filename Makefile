@@ -25,6 +25,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash scripts/ensure-postgres.sh
 	bash scripts/ensure-chromium.sh
+	PY=$(BIN)/python bash scripts/ensure-vllm.sh
 	$(BIN)/ruff check .
 	bash scripts/typecheck.sh
 	$(BIN)/python -m pytest -q

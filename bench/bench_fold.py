@@ -56,7 +56,7 @@ def plain_graph(tree_id: str, heads: list[EventHead]) -> nx.DiGraph:
     """The baseline: the fold's graph, built inline from tuples with no dispatch."""
     g = nx.DiGraph(tree_id=tree_id, root=None, closed=None, last_seq=0)
     nodes = g.nodes
-    for seq, type_, node, parent, done, value, source in heads:
+    for seq, type_, node, parent, done, value, source, reason in heads:
         if type_ == "node_created":
             if parent is None:
                 g.graph["root"] = node
@@ -71,7 +71,7 @@ def plain_graph(tree_id: str, heads: list[EventHead]) -> nx.DiGraph:
         elif type_ == "score_assigned":
             nodes[node]["scores"][source] = (seq, value)
         else:
-            g.graph["closed"] = parent
+            g.graph["closed"] = reason
         g.graph["last_seq"] = seq
     return g
 

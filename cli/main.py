@@ -1,14 +1,18 @@
 """The ``branchpoint`` command line.
 
 Exit codes: 0 done; 1 bad input (nothing stored); 2 usage. Data goes to stdout, errors to
-stderr. Every subcommand takes ``--db URL`` (default ``$BRANCHPOINT_DB`` or
-``sqlite:///branchpoint.db``).
+stderr. Every command that reads or writes a store takes ``--db`` (default
+``$BRANCHPOINT_DB`` or ``sqlite:///branchpoint.db``): a URL, or a bare path, which is a
+SQLite file. Commands that only read (``ReadDbOption``) refuse a SQLite file that does not
+exist, and create nothing; commands that write (``DbOption``) create it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -29,18 +33,63 @@ def default_db() -> str:
     return os.environ.get("BRANCHPOINT_DB") or DEFAULT_DB
 
 
-DbOption = Annotated[
-    str,
-    typer.Option("--db", help="Store URL: sqlite:///file.db, postgresql://user@host/db, "
-                 "memory://. Default: $BRANCHPOINT_DB or sqlite:///branchpoint.db.",
-                 default_factory=default_db, show_default=False),
-]
-
-
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print ``message`` to stderr and return the Exit to raise."""
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
+
+
+_SQLITE_URL = re.compile(r"sqlite(\+\w+)?://(?P<rest>[^?]*)")
+
+
+def store_url(value: str) -> str:
+    """``value`` as a store URL: a URL as it is, a bare path as the SQLite file it names
+    (``runs/x.db`` is ``sqlite:///runs/x.db``, ``/tmp/x.db`` is ``sqlite:////tmp/x.db``)."""
+    if "://" in value or value.startswith("memory:"):
+        return value
+    return f"sqlite:///{value}"
+
+
+def sqlite_file(url: str) -> str | None:
+    """The file a ``sqlite://`` URL names, as written (None for another backend, or for a
+    SQLite URL that names no file)."""
+    m = _SQLITE_URL.fullmatch(url)
+    if m is None:
+        return None
+    rest = m.group("rest")
+    path = rest[1:] if rest.startswith("/") else rest
+    return path if path and path != ":memory:" else None
+
+
+def _write_db(value: str) -> str:
+    return store_url(value)
+
+
+def _read_db(value: str) -> str:
+    url = store_url(value)
+    path = sqlite_file(url)
+    if path is not None and not Path(path).exists():
+        raise fail(f"no such database: {path}")
+    return url
+
+
+_DB_HELP = ("The store: a SQLite file path (runs/x.db) or URL (sqlite:///runs/x.db, "
+            "sqlite:////abs/x.db), postgresql://user@host/db, or memory://. "
+            "Default: $BRANCHPOINT_DB, else branchpoint.db.")
+
+#: ``--db`` of a command that writes: a SQLite file that does not exist is created.
+DbOption = Annotated[
+    str,
+    typer.Option("--db", help=_DB_HELP + " Created when missing.", callback=_write_db,
+                 default_factory=default_db, show_default=False),
+]
+#: ``--db`` of a command that only reads: a SQLite file that does not exist is an error
+#: (exit 1, "no such database"), and nothing is created.
+ReadDbOption = Annotated[
+    str,
+    typer.Option("--db", help=_DB_HELP + " Must exist.", callback=_read_db,
+                 default_factory=default_db, show_default=False),
+]
 
 
 @app.callback()
@@ -59,10 +108,16 @@ COMMANDS: dict[str, str] = {
     "envs": "branchpoint.cli.envs",
     "env": "branchpoint.cli.envs",
     "demo": "branchpoint.cli.demo",
+    "serve-model": "branchpoint.cli.serve_model",
+    "sample": "branchpoint.cli.sample",
+    "model": "branchpoint.cli.train",
+    "train": "branchpoint.cli.train",
+    "eval": "branchpoint.cli.train",
+    "mcp": "branchpoint.cli.mcp",
     "serve": "branchpoint.cli.serve",
 }
-_OPTIONAL = ("branchpoint.cli.data", "branchpoint.cli.envs", "branchpoint.cli.demo",
-             "branchpoint.cli.serve")
+# Every module but ingest's may be missing from a trimmed install; dict order, no repeats.
+_OPTIONAL = tuple(dict.fromkeys(m for m in COMMANDS.values() if m != "branchpoint.cli.ingest"))
 
 
 def _register(argv: list[str] | None = None) -> None:

@@ -14,11 +14,13 @@ two branches can go on from the same step without seeing each other:
     collected, or at interpreter exit, whichever comes first.
 ``replay``
     A fresh environment re-runs the actions taken since reset and must reproduce every
-    observation (see :mod:`branchpoint.sampler.replay`); it works for any
-    :class:`~branchpoint.sampler.envs.base.ToolEnvironment`, and is how recorded
-    trajectories are branched when no live state exists.
+    observation (see :mod:`branchpoint.sampler.replay`); it works for every
+    :class:`~branchpoint.sampler.envs.base.Environment` (the base class keeps the
+    ``history`` it re-runs), and is how recorded trajectories are branched when no live
+    state exists.
 
-The environment's ``fork_mode`` picks the way when none is asked for.
+The environment's ``fork_mode`` (one of
+:data:`~branchpoint.sampler.envs.base.FORK_MODES`) picks the way when none is asked for.
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ def fork(env: Environment, how: ForkMode | None = None) -> Environment:
     (default: ``env.fork_mode``). The caller owns the copy and closes it.
 
     Raises:
-        ValueError: ``how`` is not a way this environment supports (``replay`` needs an
-            environment that keeps its history, such as any ``ToolEnvironment``).
+        ValueError: ``how`` is not a way this environment supports (``snapshot`` needs an
+            environment that copies its state; ``replay`` works for all).
     """
     how = how or env.fork_mode
     if how == "replay":
@@ -54,6 +56,9 @@ def fork(env: Environment, how: ForkMode | None = None) -> Environment:
                          f"(their fork mode is {env.fork_mode!r})")
     if how not in ("snapshot", "sandbox"):
         raise ValueError(f"unknown fork mode {how!r}; use snapshot, sandbox or replay")
+    if not env.can_snapshot():
+        raise ValueError(f"{env.env_name!r} environments implement no snapshot and restore; "
+                         "fork them by replay")
     return env.fork()
 
 

@@ -96,16 +96,14 @@ def replay_fork(env: Environment) -> Environment:
     """A copy of ``env`` made by replaying its history in a fresh environment of the same
     task (the ``replay`` way of :func:`branchpoint.sampler.fork.fork`).
 
+    Works for every environment: the base class keeps ``env.history``.
+
     Raises:
-        ValueError: ``env`` keeps no ``history`` of ``(action, StepResult)``.
         ReplayDivergence: the environment is not deterministic in its actions.
     """
-    history = getattr(env, "history", None)
-    if history is None:
-        raise ValueError(f"{env.name!r} environments keep no history to replay")
-    child = type(env)(env.task_id, **env.options)
+    child = env.fresh()
     try:
-        replay(child, history)
+        replay(child, env.history)
     except BaseException:
         child.close()
         raise

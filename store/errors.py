@@ -11,7 +11,11 @@ branchpoint::
     ├── StoreUnavailable (ConnectionError) the database cannot be reached or opened
     ├── UnknownEnvironment (LookupError)   no environment registered under that name
     ├── ReplayDivergence (RuntimeError)    a replayed action got another observation
-    └── MissingDependency (ImportError)    an optional extra is not installed
+    ├── MissingDependency (ImportError)    an optional extra is not installed
+    ├── ServeError (RuntimeError)          a model server could not be set up or started
+    └── EndpointError (ConnectionError)    a model endpoint failed (after retries)
+        ├── EndpointUnusable               unreachable at start, or no such model served
+        └── ContextOverflow                the request is longer than the model's context
 
 Adapters translate driver errors into these at the edge; nothing above the adapters ever
 sees a sqlalchemy, asyncpg or sqlite3 exception.
@@ -81,3 +85,26 @@ class ReplayDivergence(BranchpointError, RuntimeError):
 
 class MissingDependency(BranchpointError, ImportError):
     """An optional extra is needed for this feature; the message names it."""
+
+
+class ServeError(BranchpointError, RuntimeError):
+    """A model server (vLLM) could not be installed, started, or did not become healthy;
+    the message says which, with the tail of its log where there is one."""
+
+
+class EndpointError(BranchpointError, ConnectionError):
+    """A model endpoint kept failing (timeouts, 5xx, refused connections) after the
+    retries, or answered with an error that retrying cannot fix. ``kind`` names the
+    failure for summaries (``timeout``, ``connection``, ``http_500``, ...)."""
+
+    def __init__(self, message: str, *, kind: str = "error") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class EndpointUnusable(EndpointError):
+    """At start: the endpoint cannot be reached, or does not serve the requested model."""
+
+
+class ContextOverflow(EndpointError):
+    """The request (prompt plus ``max_tokens``) is longer than the model's context."""

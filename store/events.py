@@ -153,14 +153,14 @@ class Event(msgspec.Struct, frozen=True, omit_defaults=True):
     def head(self) -> EventHead:
         """The scalars a tree fold needs, without the messages."""
         p = self.payload
+        seq = self.seq or 0
         if isinstance(p, NodeCreated):
-            return EventHead(self.seq or 0, self.type, p.node_id, p.parent_id, None, None, None)
+            return EventHead(seq, self.type, p.node_id, p.parent_id, None, None, None, None)
         if isinstance(p, ActionExecuted):
-            return EventHead(self.seq or 0, self.type, p.node_id, None, p.done, None, None)
+            return EventHead(seq, self.type, p.node_id, None, p.done, None, None, None)
         if isinstance(p, ScoreAssigned):
-            return EventHead(self.seq or 0, self.type, p.node_id, None, None, p.value, p.source)
-        # tree_closed: the reason travels in the parent_id slot, the one string slot free
-        return EventHead(self.seq or 0, self.type, None, p.reason, None, None, None)
+            return EventHead(seq, self.type, p.node_id, None, None, p.value, p.source, None)
+        return EventHead(seq, self.type, None, None, None, None, None, p.reason)
 
 
 class EventHead(NamedTuple):
@@ -174,13 +174,15 @@ class EventHead(NamedTuple):
     done: bool | None
     value: float | None
     source: str | None
+    reason: str | None = None  # tree_closed: why the tree was closed
 
 
 #: The shape of an :class:`EventHead` as a plain tuple, in the same field order. Bulk
 #: readers (``EventLog.iter_heads``) hand these out: CPython's cyclic collector stops
 #: tracking a plain tuple of scalars after one pass but keeps walking NamedTuple instances
 #: for as long as they live, which on a million folded events costs as much as the fold.
-HeadRow = tuple[int, str, str | None, str | None, bool | None, float | None, str | None]
+HeadRow = tuple[int, str, str | None, str | None, bool | None, float | None, str | None,
+                str | None]
 
 
 # --- versioning --------------------------------------------------------------------------

@@ -15,16 +15,22 @@ Formats (``options`` is an :class:`ExportOptions`; values and pairs as in
     branching node: the root's messages, then along the path each node's action and
     observation, up to and including the branching node's observation. ``tools`` is added
     when the tree has tool schemas; ``metadata`` with ``--with-metadata`` (tree, env, task,
-    branching node, chosen and rejected node and value, ``margin`` = the value difference).
+    branching node, chosen and rejected node and value, ``margin`` = the value difference,
+    and the evidence: ``chosen_leaves``/``rejected_leaves``, the scored leaves beneath each,
+    ``chosen_se``/``rejected_se`` their standard errors, ``z`` = margin / the difference's
+    standard error; plus ``chosen_mistake``/``rejected_mistake`` when the steps carry
+    ``produced_by.mistake``).
 ``steps``
     One line per executed node: ``tree_id``, ``node_id``, ``parent_id``, ``depth``,
     ``prompt`` (the conversation before the action), ``action``, ``observation``, ``score``
-    (the node's own score, or null) and ``value`` (its propagated value, or null).
+    (the node's own score, or null; an inner node's score is shown here although its
+    value comes from its leaves), ``value`` (its propagated value, or null), ``leaves``
+    and ``se`` (the scored leaves beneath it and its value's standard error, or null).
 ``sft``
     ``{"messages": [...]}`` (plus ``tools``) for each root-to-leaf path whose leaf scores
-    at least ``min_score``, done or cut off. The leaf's own observation is left off the
-    end: the conversation ends with the last assistant turn, the one thing a trainer
-    learns from.
+    (its own score: never discounted) at least ``min_score``, done or cut off. The leaf's
+    own observation is left off the end: the conversation ends with the last assistant
+    turn, the one thing a trainer learns from.
 ``trajectory-pairs``
     Every root-to-leaf path with a valued leaf is an episode; episodes of one task
     (``env`` and ``task_id``, across trees) are ranked by value and paired from both
@@ -60,9 +66,24 @@ import networkx as nx
 
 from branchpoint.store.events import ActionExecuted, Event, NodeCreated
 from branchpoint.store.log import EventLog, TreeFilter, TreeSummary
-from branchpoint.store.pairs import DEFAULT_MARGIN, TOLERANCE, Counts, extract_pairs
+from branchpoint.store.pairs import (
+    DEFAULT_MARGIN,
+    TOLERANCE,
+    Counts,
+    Pair,
+    extract_pairs,
+    judge_pairs,
+    mistake_label,
+)
 from branchpoint.store.tree import fold
-from branchpoint.store.values import Reduce, node_values, own_score
+from branchpoint.store.values import (
+    Estimate,
+    Reduce,
+    ValueOptions,
+    draw_count,
+    node_estimates,
+    own_score,
+)
 
 __all__ = [
     "FORMATS",
@@ -82,7 +103,9 @@ _encoder = msgspec.json.Encoder()
 class ExportOptions(msgspec.Struct, frozen=True, kw_only=True):
     """What to export and how values and pairs are computed; every default is the CLI's."""
 
-    env: str | None = None
+    #: which trees to export (tree, env, task, origin, since/until, finished, split)
+    where: TreeFilter | None = None
+    env: str | None = None  # kept for callers of old: the same as ``where.env``
     margin: float = DEFAULT_MARGIN
     value: Reduce = "mean"
     sources: tuple[str, ...] | None = None
@@ -91,17 +114,42 @@ class ExportOptions(msgspec.Struct, frozen=True, kw_only=True):
     label_threshold: float = 0.5
     with_metadata: bool = False
     tool_arguments: Literal["object", "string"] = "object"
+    confidence: float | None = None  # Z: keep a pair only when its margin is >= Z SEs
+    discount: float = 1.0  # G: a leaf's score counts G**k k steps above it
+    binary: bool = False  # checker scores count 1.0 when 1.0, else 0.0
+
+    @property
+    def values(self) -> ValueOptions:
+        """The options that make values (:mod:`branchpoint.store.values`)."""
+        return ValueOptions(reduce=self.value, sources=self.sources,
+                            judge_weight=self.judge_weight, discount=self.discount,
+                            binary=self.binary)
+
+    def trees(self) -> TreeFilter:
+        """The tree filter: ``where``, with ``env`` when it is set.
+
+        Raises:
+            ValueError: ``env`` and ``where.env`` name different environments.
+        """
+        where = self.where or TreeFilter()
+        if self.env is None or where.env == self.env:
+            return where
+        if where.env is not None:
+            raise ValueError(f"two environments asked for: {self.env!r} and {where.env!r}")
+        return msgspec.structs.replace(where, env=self.env)
 
     def check(self) -> None:
         """Raises: ValueError: an option out of range."""
+        self.trees()
         if not self.margin >= 0:
             raise ValueError(f"margin must be >= 0, got {self.margin!r}")
-        if self.value not in ("mean", "max"):
-            raise ValueError(f"value must be mean or max, got {self.value!r}")
-        if self.judge_weight is not None and not 0 <= self.judge_weight <= 1:
-            raise ValueError(f"judge weight must be in [0, 1], got {self.judge_weight!r}")
-        if self.sources is not None and not self.sources:
-            raise ValueError("sources must name at least one source")
+        if not 0 <= self.min_score <= 1:
+            raise ValueError(f"min score must be in [0, 1], got {self.min_score!r}")
+        if not 0 <= self.label_threshold <= 1:
+            raise ValueError(f"label threshold must be in [0, 1], got {self.label_threshold!r}")
+        if self.confidence is not None and not self.confidence >= 0:
+            raise ValueError(f"confidence must be >= 0, got {self.confidence!r}")
+        self.values.check()
         if self.tool_arguments not in ("object", "string"):
             raise ValueError(f"tool arguments must be object or string, "
                              f"got {self.tool_arguments!r}")
@@ -120,6 +168,8 @@ class TreeView:
         self.tools: list[Message] | None = None
         self.env = ""
         self.task_id: str | int = ""
+        counts: dict[str, int] = {}
+        self.mistakes: dict[str, bool] = {}  # ground truth, where the policy recorded it
         for ev in events:
             p = ev.payload
             if isinstance(p, NodeCreated):
@@ -128,13 +178,30 @@ class TreeView:
                     self.tools = p.tools or None
                     task = p.task or {}
                     self.env, self.task_id = task.get("env", ""), task.get("task_id", "")
-                elif p.action is not None:
-                    self.actions[p.node_id] = p.action
+                else:
+                    if p.action is not None:
+                        self.actions[p.node_id] = p.action
+                    if p.produced_by is not None:
+                        counts[p.node_id] = draw_count(p.produced_by)
+                        if (label := mistake_label(p.produced_by)) is not None:
+                            self.mistakes[p.node_id] = label
             elif isinstance(p, ActionExecuted):
                 self.observations[p.node_id] = p.observation
         self.options = options
-        self.values = node_values(self.graph, reduce=options.value, sources=options.sources,
-                                  judge_weight=options.judge_weight)
+        self.estimates: dict[str, Estimate] = node_estimates(self.graph, options.values,
+                                                             counts=counts)
+        self.values = {n: e.value for n, e in self.estimates.items()}
+
+    def pairs(self) -> tuple[list[Pair], Counts]:
+        """The tree's pairs and counts under the options, judged against the ground truth
+        when the tree carries it."""
+        pairs, counts = extract_pairs(self.graph, self.estimates, self.actions,
+                                      margin=self.options.margin,
+                                      confidence=self.options.confidence)
+        if self.mistakes:
+            counts.labelled_trees = 1
+            counts.pairs_decided, counts.pairs_correct = judge_pairs(pairs, self.mistakes)
+        return pairs, counts
 
     def by_seq(self) -> list[str]:
         nodes = self.graph.nodes
@@ -164,7 +231,8 @@ class TreeView:
     def own_score(self, node: str) -> float | None:
         score: float | None = own_score(self.graph.nodes[node]["scores"],
                                         sources=self.options.sources,
-                                        judge_weight=self.options.judge_weight)
+                                        judge_weight=self.options.judge_weight,
+                                        binary=self.options.binary)
         return score
 
     def message(self, m: Message) -> Message:
@@ -203,7 +271,7 @@ def _line(row: dict[str, Any]) -> bytes:
 
 
 def _dpo(t: TreeView) -> Iterator[bytes]:
-    pairs, _ = extract_pairs(t.graph, t.values, t.actions, margin=t.options.margin)
+    pairs, _ = t.pairs()
     for p in pairs:
         row: dict[str, Any] = {
             "prompt": t.conversation(p.parent),
@@ -219,7 +287,14 @@ def _dpo(t: TreeView) -> Iterator[bytes]:
                 "rejected_node_id": p.rejected, "chosen_value": p.chosen_value,
                 "rejected_value": p.rejected_value,
                 "margin": p.chosen_value - p.rejected_value,
+                "chosen_leaves": p.chosen_leaves, "rejected_leaves": p.rejected_leaves,
+                "chosen_se": p.chosen_se, "rejected_se": p.rejected_se,
+                "z": ((p.chosen_value - p.rejected_value) / p.diff_se if p.diff_se > 0
+                      else None),
             }
+            if p.chosen in t.mistakes and p.rejected in t.mistakes:
+                row["metadata"]["chosen_mistake"] = t.mistakes[p.chosen]
+                row["metadata"]["rejected_mistake"] = t.mistakes[p.rejected]
         yield _line(row)
 
 
@@ -229,17 +304,19 @@ def _steps(t: TreeView) -> Iterator[bytes]:
         if not nodes[n]["executed"]:
             continue
         parent = t.path(n)[-2]
+        est = t.estimates.get(n)
         yield _line({
             "tree_id": t.tree_id, "node_id": n, "parent_id": parent, "depth": nodes[n]["depth"],
             "prompt": t.conversation(parent), "action": t.message(t.actions[n]),
             "observation": [t.message(m) for m in t.observations.get(n, ())],
             "score": t.own_score(n), "value": t.values.get(n),
+            "leaves": est.leaves if est else None, "se": est.se if est else None,
         })
 
 
 def _sft(t: TreeView) -> Iterator[bytes]:
     for leaf in t.leaves():
-        value = t.values.get(leaf)
+        value = t.values.get(leaf)  # a leaf's value is its own score: never discounted
         if value is None or value < t.options.min_score - TOLERANCE:
             continue
         row: dict[str, Any] = {"messages": _trim(t.conversation(leaf))}
@@ -298,7 +375,7 @@ _PER_TREE = {"dpo": _dpo, "steps": _steps, "sft": _sft, "stepwise": _stepwise}
 
 
 async def _trees(log: EventLog, options: ExportOptions) -> list[TreeSummary]:
-    trees: list[TreeSummary] = await log.list_trees(TreeFilter(env=options.env))
+    trees: list[TreeSummary] = await log.list_trees(options.trees())
     return trees
 
 
@@ -332,7 +409,7 @@ async def _trajectory_pairs(log: EventLog, options: ExportOptions) -> AsyncItera
     tasks: dict[tuple[str, str], list[tuple[float, int, int, str, str]]] = {}
     trees_of_task: dict[tuple[str, str], int] = {}
     task_of = {s.tree_id: (s.env, str(s.task_id)) for s in await _trees(log, options)}
-    async for tree_id, heads in log.iter_heads(TreeFilter(env=options.env)):
+    async for tree_id, heads in log.iter_heads(options.trees()):
         key = task_of.get(tree_id)
         if key is None:  # a tree whose root was stored after the listing above
             continue
@@ -340,8 +417,8 @@ async def _trajectory_pairs(log: EventLog, options: ExportOptions) -> AsyncItera
         trees_of_task[key] = index + 1
         episodes = tasks.setdefault(key, [])
         g = fold(tree_id, heads)
-        values = node_values(g, reduce=options.value, sources=options.sources,
-                             judge_weight=options.judge_weight)
+        # leaf values only: draw counts and discounts do not touch them
+        values = {n: e.value for n, e in node_estimates(g, options.values).items()}
         for n in g.nodes:
             if g.out_degree(n) == 0 and n in values and n != g.graph["root"]:
                 episodes.append((values[n], index, g.nodes[n]["seq"], tree_id, n))
@@ -388,8 +465,11 @@ async def _trajectory_pairs(log: EventLog, options: ExportOptions) -> AsyncItera
 
 async def compute_stats(log: EventLog, options: ExportOptions | None = None) -> dict[str, Any]:
     """``{"trees", "nodes", "branching_points", "pairs", "dropped": {"tie", "under_margin",
-    "identical"}, "by_env": {ENV: {the same keys}}}`` over every tree (finished or not)
-    matching ``options.env``; ``pairs + sum(dropped) == branching_points``.
+    "identical", "low_confidence"}, "by_env": {ENV: {the same keys}}}`` over every tree
+    (finished or not) that ``options.trees()`` selects; ``pairs + sum(dropped) ==
+    branching_points``. Where trees carry ground truth (``produced_by.mistake``), also
+    ``pairs_decided``, ``pairs_correct`` and ``pair_precision`` (None with no decided
+    pair; :mod:`branchpoint.store.pairs`).
 
     Raises:
         ValueError: an option out of range.
@@ -401,7 +481,7 @@ async def compute_stats(log: EventLog, options: ExportOptions | None = None) -> 
     by_env: dict[str, Counts] = {}
     for summary in await _trees(log, options):
         view = TreeView(summary.tree_id, await log.read_tree(summary.tree_id), options)
-        _, counts = extract_pairs(view.graph, view.values, view.actions, margin=options.margin)
+        _, counts = view.pairs()
         counts.trees, counts.nodes = 1, view.graph.number_of_nodes()
         total.add(counts)
         by_env.setdefault(summary.env, Counts()).add(counts)

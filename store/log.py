@@ -31,6 +31,7 @@ from branchpoint.store.events import (
     digest,
     normalize,
 )
+from branchpoint.store.splits import SPLITS, Split, split_of_task
 from branchpoint.store.validation import NodeFacts, Validator
 
 __all__ = [
@@ -63,21 +64,43 @@ class TreeSummary(msgspec.Struct, frozen=True):
     created_at: datetime
     root_seq: int
     closed: str | None = None  # the reason of the latest tree_closed, None while unfinished
+    #: train, validation or heldout (see :func:`branchpoint.store.splits.split_of_task`);
+    #: None: the tree belongs to no split
+    split: Split | None = None
 
 
-class TreeFilter(msgspec.Struct, frozen=True):
-    """Which trees to list; every field left None matches all."""
+class TreeFilter(msgspec.Struct, frozen=True, kw_only=True):
+    """Which trees to select; every field left None matches all. The same filter serves
+    ``list_trees``, ``iter_heads`` and every export.
 
+    ``tree_id``: that one tree. ``env``, ``task_id``, ``origin``: the root's. ``since``
+    (inclusive) and ``until`` (exclusive): the root's ``recorded_at``. ``finished``: has a
+    ``tree_closed`` (True) or has none (False). ``split``: the tree's split (the root's
+    ``task.split``, else :func:`~branchpoint.store.splits.split_of` of a non-negative
+    integer ``task_id``); trees with neither are left out whenever a split is asked for.
+
+    Raises (on construction):
+        ValueError: ``split`` is not one of train, validation, heldout.
+    """
+
+    tree_id: str | None = None
     env: str | None = None
     task_id: str | int | None = None
     origin: str | None = None
     since: datetime | None = None
     until: datetime | None = None
     finished: bool | None = None
+    split: Split | None = None
+
+    def __post_init__(self) -> None:
+        if self.split is not None and self.split not in SPLITS:
+            raise ValueError(f"split must be one of {list(SPLITS)}, got {self.split!r}")
 
     def matches(self, t: TreeSummary) -> bool:
         return (
-            (self.env is None or t.env == self.env)
+            (self.tree_id is None or t.tree_id == self.tree_id)
+            and (self.split is None or t.split == self.split)
+            and (self.env is None or t.env == self.env)
             and (self.task_id is None or str(t.task_id) == str(self.task_id))
             and (self.origin is None or t.origin == self.origin)
             and (self.since is None or t.created_at >= self.since)
@@ -303,7 +326,7 @@ class MemoryEventLog:
                 task = p.task or {}
                 self._trees[ev.tree_id] = TreeSummary(
                     ev.tree_id, task["env"], task["task_id"], p.origin, ev.recorded_at,
-                    ev.seq or 0)
+                    ev.seq or 0, split=split_of_task(task))
         elif isinstance(p, ActionExecuted):
             self._facts[(ev.tree_id, p.node_id)] = NodeFacts(False, True, p.done)
         elif isinstance(p, TreeClosed):

@@ -1,4 +1,4 @@
--- branchpoint's SQLite schema, version 1.
+-- branchpoint's SQLite schema, version 2 (PostgreSQL's is schema_pg.sql).
 --
 -- The log is append-only: rows of `events` are inserted and never updated or deleted.
 -- `trees` is an index over the roots, also insert-only; whether a tree is finished is
@@ -18,8 +18,8 @@
 --      lookups() names: the batch's tree_ids present in `trees`, and for each
 --      (tree_id, node_id) its node_created row (is it a root?) and action_executed row
 --      (done?).
---   4. INSERT the events (leave `seq` to SQLite), then one `trees` row per root, then
---      COMMIT. Any error: ROLLBACK, and nothing of the batch is stored.
+--   4. INSERT the events (leave `seq` to SQLite), then one `trees` row per root (its
+--      split from branchpoint.store.splits.split_of_task), then COMMIT. Any error: ROLLBACK, and nothing of the batch is stored.
 --
 -- Times are stored as RFC 3339 text in UTC with microseconds
 -- (2026-01-01T10:00:00.000000+00:00): fixed width, so text order is time order.
@@ -78,8 +78,12 @@ CREATE TABLE IF NOT EXISTS trees (
     task_id_is_int INTEGER NOT NULL,       -- 1 when task_id was a JSON integer
     origin         TEXT,                   -- payload.origin of the root
     created_at     TEXT NOT NULL,          -- the root's recorded_at
-    root_seq       INTEGER NOT NULL        -- the root's seq
+    root_seq       INTEGER NOT NULL,       -- the root's seq
+    -- train | validation | heldout: payload.task.split of the root, else the split of a
+    -- non-negative integer task_id (branchpoint.store.splits.split_of_task); NULL: none
+    split          TEXT
 );
 
 CREATE INDEX IF NOT EXISTS trees_env_task ON trees (env, task_id);
+CREATE INDEX IF NOT EXISTS trees_split ON trees (split, root_seq);
 CREATE INDEX IF NOT EXISTS trees_created_at ON trees (created_at);

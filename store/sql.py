@@ -25,6 +25,7 @@ colliding event.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import re
 import sqlite3
@@ -127,34 +128,6 @@ def _result(conn: Connection, appender: Appender) -> AppendResult:
 
 # --- PostgreSQL ------------------------------------------------------------------------------
 
-_PG_TABLES: Final = [
-    """CREATE TABLE IF NOT EXISTS schema_version (
-        version INTEGER PRIMARY KEY,
-        applied_at TIMESTAMPTZ NOT NULL DEFAULT now())""",
-    """CREATE TABLE IF NOT EXISTS events (
-        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        event_id TEXT NOT NULL UNIQUE,
-        tree_id TEXT NOT NULL,
-        type TEXT NOT NULL,
-        version INTEGER NOT NULL,
-        recorded_at TEXT NOT NULL,
-        node_id TEXT,
-        parent_id TEXT,
-        done SMALLINT,
-        value DOUBLE PRECISION,
-        source TEXT,
-        reason TEXT,
-        digest TEXT,
-        payload TEXT NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS trees (
-        tree_id TEXT PRIMARY KEY,
-        env TEXT NOT NULL,
-        task_id TEXT NOT NULL,
-        task_id_is_int SMALLINT NOT NULL,
-        origin TEXT,
-        created_at TEXT NOT NULL,
-        root_seq BIGINT NOT NULL)""",
-]
 _PG_CLOSED: Final = ("(SELECT COALESCE(c.reason, c.payload::json->>'reason') "
                      "FROM events c WHERE c.type = 'tree_closed' AND c.tree_id = t.tree_id "
                      "ORDER BY c.seq DESC LIMIT 1)")
@@ -162,7 +135,7 @@ _PG_BACKFILL_TREES: Final = (
     f"INSERT INTO trees ({', '.join(TREE_COLUMNS)}, root_seq) "
     "SELECT tree_id, payload::json#>>'{task,env}', payload::json#>>'{task,task_id}', "
     "(json_typeof(payload::json#>'{task,task_id}') = 'number')::int, "
-    "payload::json->>'origin', recorded_at, seq FROM events "
+    "payload::json->>'origin', recorded_at, NULL, seq FROM events "
     "WHERE type = 'node_created' AND parent_id IS NULL ON CONFLICT DO NOTHING")
 _PG_TYPES: Final = {"event_id": "text", "tree_id": "text", "type": "text", "version": "int",
                     "recorded_at": "text", "node_id": "text", "parent_id": "text",
@@ -189,7 +162,8 @@ class PgStatements:
     _insert_trees = (f"INSERT INTO trees ({', '.join(TREE_COLUMNS)}, root_seq) "
                      f"SELECT {', '.join('k.' + c for c in TREE_COLUMNS)}, e.seq FROM "
                      + _unnest([*TREE_COLUMNS, "eid"],
-                               ["text", "text", "text", "smallint", "text", "text", "text"])
+                               ["text", "text", "text", "smallint", "text", "text", "text",
+                                "text"])
                      + " JOIN events e ON e.event_id = k.eid")
 
     def last_seq(self, db: Executor) -> int | None:
@@ -231,25 +205,41 @@ class PgStatements:
             db.execute(self._insert_trees, [list(c) for c in zip(*trees, strict=True)])
 
 
-def _pg_migration(db: Executor) -> list[str]:
+class _PgMigration(Executor):
+    """An executor that speaks qmark to :func:`sqlbase.migration_steps`' shared steps."""
+
+    def __init__(self, db: Executor) -> None:
+        self._db = db
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        return self._db.fetchall(_dollar(sql), params)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._db.execute(_dollar(sql), params)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._db.executemany(_dollar(sql), rows)
+
+
+def _pg_migration(db: Executor) -> list[sqlbase.Step]:
     tables = {r[0] for r in db.fetchall(
         "SELECT table_name FROM information_schema.tables "
         "WHERE table_schema = current_schema()")}
-    out: list[str] = []
-    if "events" in tables:
-        have = {r[0] for r in db.fetchall(
+    columns: dict[str, set[str]] = {}
+    for table in ("events", "trees"):
+        columns[table] = {r[0] for r in db.fetchall(
             "SELECT column_name FROM information_schema.columns "
-            "WHERE table_schema = current_schema() AND table_name = 'events'")}
-        out += [f"ALTER TABLE events ADD COLUMN {name} {type_}"
-                for name, type_ in sqlbase.ADDED_COLUMNS["events"] if name not in have]
-    out += _PG_TABLES
-    # the indexes are the same statements as in schema.sql
-    out += [s for s in sqlbase.schema_statements() if s.startswith("CREATE") and " INDEX " in s]
-    if "events" in tables and "trees" not in tables:
-        out.append(_PG_BACKFILL_TREES)
-    out.append(f"INSERT INTO schema_version (version) VALUES ({SCHEMA_VERSION}) "
-               "ON CONFLICT DO NOTHING")
-    return out
+            "WHERE table_schema = current_schema() AND table_name = $1", (table,))}
+    steps = sqlbase.migration_steps(
+        tables, columns, schema=sqlbase.schema_statements("schema_pg.sql"),
+        backfill_trees=_PG_BACKFILL_TREES,
+        record_version=f"INSERT INTO schema_version (version) VALUES ({SCHEMA_VERSION}) "
+                       "ON CONFLICT DO NOTHING")
+    return [s if isinstance(s, str) else functools.partial(_pg_step, s) for s in steps]
+
+
+def _pg_step(step: Callable[[Executor], None], db: Executor) -> None:
+    step(_PgMigration(db))
 
 
 def _dollar(sql: str) -> str:
@@ -538,7 +528,9 @@ class SqlEventLog:
         w = where or TreeFilter()
         conds: list[str] = [extra] if extra else []
         params: list[Any] = []
-        for cond, value in (("t.env = ?", w.env),
+        for cond, value in (("t.tree_id = ?", w.tree_id),
+                            ("t.split = ?", w.split),
+                            ("t.env = ?", w.env),
                             ("t.task_id = ?", None if w.task_id is None else str(w.task_id)),
                             ("t.origin = ?", w.origin),
                             ("t.created_at >= ?", w.since and utc_text(w.since)),
@@ -556,7 +548,7 @@ class SqlEventLog:
 
     async def list_trees(self, where: TreeFilter | None = None) -> list[TreeSummary]:
         sql, params = self._trees_sql(where, "t.tree_id, t.env, t.task_id, t.task_id_is_int, "
-                                      "t.origin, t.created_at, t.root_seq")
+                                      "t.origin, t.created_at, t.split, t.root_seq")
         rows = await self._read(sql, params)
         return [summary_from_row(r) for r in rows]
 

@@ -36,6 +36,7 @@ from branchpoint.store.events import (
     decode_payload,
 )
 from branchpoint.store.log import AppendResult, TreeSummary
+from branchpoint.store.splits import split_of_task
 from branchpoint.store.validation import NodeFacts, Validator
 
 __all__ = [
@@ -58,16 +59,18 @@ __all__ = [
 ]
 
 #: The schema version this code writes; recorded in ``schema_version`` on open.
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 #: Columns written by an append, in the order of :func:`event_row`.
 EVENT_COLUMNS: Final = ("event_id", "tree_id", "type", "version", "recorded_at", "node_id",
                         "parent_id", "done", "value", "source", "reason", "digest", "payload")
-TREE_COLUMNS: Final = ("tree_id", "env", "task_id", "task_id_is_int", "origin", "created_at")
+TREE_COLUMNS: Final = ("tree_id", "env", "task_id", "task_id_is_int", "origin", "created_at",
+                       "split")
 
 #: Columns a database of an older schema may lack, with their SQL types; added on open.
 #: Rows stored before keep NULL there and readers derive the value (see the queries).
-ADDED_COLUMNS: Final = {"events": (("digest", "TEXT"), ("reason", "TEXT"))}
+ADDED_COLUMNS: Final = {"events": (("digest", "TEXT"), ("reason", "TEXT")),
+                        "trees": (("split", "TEXT"),)}
 
 # Selected by read_tree / read_after, decoded by event_from_row.
 EVENT_SELECT: Final = "SELECT seq, event_id, tree_id, type, version, recorded_at, payload"
@@ -78,11 +81,10 @@ HEAD_SELECT: Final = ("SELECT seq, type, node_id, parent_id, done, value, source
 
 # Selected by bulk reads of heads (one row per event of many trees), decoded by
 # heads_by_tree; ``{reason}`` is the dialect's expression reading the reason from the JSON
-# payload (rows stored before the ``reason`` column). The close reason travels in the
-# parent_id slot, as in EventHead.
-HEADS_SELECT: Final = ("SELECT seq, type, node_id, CASE WHEN type = 'tree_closed' "
-                       "THEN COALESCE(reason, {reason}) ELSE parent_id END, done, value, "
-                       "source, tree_id FROM events")
+# payload (rows stored before the ``reason`` column).
+HEADS_SELECT: Final = ("SELECT seq, type, node_id, parent_id, done, value, source, "
+                       "CASE WHEN type = 'tree_closed' THEN COALESCE(reason, {reason}) END, "
+                       "tree_id FROM events")
 
 CHUNK: Final = 500  # bound parameters per IN (...) query; far below every SQLite limit
 #: Bound parameters per multi-row INSERT: SQLite's default limit (999 before 3.32).
@@ -90,9 +92,10 @@ MAX_PARAMS: Final = 32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999
 _DIGEST: Final = EVENT_COLUMNS.index("digest")
 
 
-def schema_statements() -> list[str]:
-    """The statements of ``schema.sql``, comments removed, one per item."""
-    text = resources.files("branchpoint.store").joinpath("schema.sql").read_text("utf-8")
+def schema_statements(name: str = "schema.sql") -> list[str]:
+    """The statements of a schema file (``schema.sql`` for SQLite, ``schema_pg.sql`` for
+    PostgreSQL), comments removed, one per item."""
+    text = resources.files("branchpoint.store").joinpath(name).read_text("utf-8")
     text = re.sub(r"--[^\n]*", "", text)
     return [s.strip() for s in text.split(";") if s.strip()]
 
@@ -141,7 +144,7 @@ def tree_row(ev: Event) -> tuple[Any, ...] | None:
         return None
     task_id = p.task["task_id"]
     return (ev.tree_id, p.task["env"], str(task_id), int(isinstance(task_id, int)), p.origin,
-            utc_text(ev.recorded_at), ev.event_id)
+            utc_text(ev.recorded_at), split_of_task(p.task), ev.event_id)
 
 
 _any = msgspec.json.Decoder()
@@ -159,11 +162,10 @@ def head_from_row(row: Sequence[Any]) -> EventHead:
     """An :class:`EventHead` from a row of :data:`HEAD_SELECT` (no JSON decoding, except
     for a tree_closed row stored before the ``reason`` column existed)."""
     seq, type_, node_id, parent_id, done, value, source, reason, payload = row
-    if type_ == "tree_closed":
-        # EventHead carries the close reason in its parent_id slot
-        parent_id = reason if payload is None else _any.decode(payload)["reason"]
+    if type_ == "tree_closed" and payload is not None:
+        reason = _any.decode(payload)["reason"]
     return EventHead(seq, type_, node_id, parent_id, None if done is None else bool(done),
-                     value, source)
+                     value, source, reason)
 
 
 def heads_by_tree(rows: Iterable[Sequence[Any]]) -> dict[str, list[HeadRow]]:
@@ -173,21 +175,21 @@ def heads_by_tree(rows: Iterable[Sequence[Any]]) -> dict[str, list[HeadRow]]:
     out: dict[str, list[HeadRow]] = {}
     tree: list[HeadRow] = []
     current = None
-    for seq, type_, node_id, parent_id, done, value, source, tree_id in rows:
+    for seq, type_, node_id, parent_id, done, value, source, reason, tree_id in rows:
         if tree_id != current:
             tree = out.setdefault(tree_id, [])
             current = tree_id
         tree.append((seq, type_, node_id, parent_id, None if done is None else bool(done),
-                     value, source))
+                     value, source, reason))
     return out
 
 
 def summary_from_row(row: Sequence[Any]) -> TreeSummary:
     """A :class:`TreeSummary` from a ``trees`` row joined with its latest close reason."""
-    tree_id, env, task_id, is_int, origin, created_at, root_seq, closed = row
+    tree_id, env, task_id, is_int, origin, created_at, split, root_seq, closed = row
     return TreeSummary(tree_id=tree_id, env=env, task_id=int(task_id) if is_int else task_id,
                        origin=origin, created_at=datetime.fromisoformat(created_at),
-                       root_seq=root_seq, closed=closed)
+                       root_seq=root_seq, closed=closed, split=split)
 
 
 # --- the append algorithm ------------------------------------------------------------------
@@ -399,7 +401,7 @@ SQLITE_BACKFILL_TREES: Final = (
     "SELECT tree_id, json_extract(payload, '$.task.env'), "
     "CAST(json_extract(payload, '$.task.task_id') AS TEXT), "
     "json_type(payload, '$.task.task_id') = 'integer', json_extract(payload, '$.origin'), "
-    "recorded_at, seq FROM events WHERE type = 'node_created' AND parent_id IS NULL")
+    "recorded_at, NULL, seq FROM events WHERE type = 'node_created' AND parent_id IS NULL")
 
 
 class SqliteStatements:
@@ -456,24 +458,57 @@ class SqliteStatements:
         _insert_many(db, trees, insert_trees_sql)
 
 
-def sqlite_migration(db: Executor) -> list[str]:
-    """The statements that bring a SQLite database to :data:`SCHEMA_VERSION`: create what
-    is missing, add the columns an older ``events`` lacks, fill ``trees`` if it is new,
-    record the version. Stored events are never rewritten. Run it in a write transaction."""
-    tables = {r[0] for r in db.fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    out: list[str] = []
-    if "events" in tables:
-        have = {r[1] for r in db.fetchall("PRAGMA table_info(events)")}
-        out += [f"ALTER TABLE events ADD COLUMN {name} {type_}"
-                for name, type_ in ADDED_COLUMNS["events"] if name not in have]
-    out += schema_statements()
+#: A step of a migration: a statement, or a function run on the connection.
+Step = str | Callable[[Executor], None]
+
+
+def backfill_splits(db: Executor) -> None:
+    """Fill ``trees.split`` from each root's task, for trees stored before the column
+    existed (the one time a ``trees`` row is updated: when the migration adds it)."""
+    rows = db.fetchall("SELECT t.tree_id, e.payload FROM trees t JOIN events e "
+                       "ON e.seq = t.root_seq WHERE t.split IS NULL")
+    updates = [(split, tree_id) for tree_id, payload in rows
+               if (split := split_of_task(_any.decode(payload).get("task"))) is not None]
+    if updates:
+        db.executemany("UPDATE trees SET split = ? WHERE tree_id = ?", updates)
+
+
+def migration_steps(tables: set[str], columns: dict[str, set[str]], *, schema: list[str],
+                    backfill_trees: str, record_version: str) -> list[Step]:
+    """The steps that bring a database (its ``tables`` and their ``columns``) to
+    :data:`SCHEMA_VERSION`, in either dialect: add the columns older tables lack, run the
+    dialect's ``schema`` (idempotent), fill ``trees`` if it is new and its splits if they
+    are new, record the version. Stored events are never rewritten."""
+    out: list[Step] = []
+    for table, added in ADDED_COLUMNS.items():
+        if table in tables:
+            out += [f"ALTER TABLE {table} ADD COLUMN {name} {type_}"
+                    for name, type_ in added if name not in columns[table]]
+    out += schema
     if "events" in tables and "trees" not in tables:
-        out.append(SQLITE_BACKFILL_TREES)
-    out.append(f"INSERT OR IGNORE INTO schema_version (version) VALUES ({SCHEMA_VERSION})")
+        out.append(backfill_trees)
+    if "events" in tables and ("trees" not in tables or "split" not in columns["trees"]):
+        out.append(backfill_splits)
+    out.append(record_version)
     return out
 
 
-def run_migration(db: Executor, plan: Callable[[Executor], list[str]]) -> None:
-    """Execute the statements ``plan`` returns, one by one."""
-    for stmt in plan(db):
-        db.execute(stmt)
+def sqlite_migration(db: Executor) -> list[Step]:
+    """The steps that bring a SQLite database to :data:`SCHEMA_VERSION` (see
+    :func:`migration_steps`). Run them in a write transaction."""
+    tables = {r[0] for r in db.fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    columns = {t: {r[1] for r in db.fetchall(f"PRAGMA table_info({t})")}
+               for t in ("events", "trees") if t in tables}
+    return migration_steps(
+        tables, columns, schema=schema_statements(), backfill_trees=SQLITE_BACKFILL_TREES,
+        record_version=f"INSERT OR IGNORE INTO schema_version (version) "
+                       f"VALUES ({SCHEMA_VERSION})")
+
+
+def run_migration(db: Executor, plan: Callable[[Executor], list[Step]]) -> None:
+    """Run the steps ``plan`` returns, one by one."""
+    for step in plan(db):
+        if isinstance(step, str):
+            db.execute(step)
+        else:
+            step(db)

@@ -58,7 +58,7 @@ def fold(tree_id: str, heads: Iterable[EventHead | HeadRow], into: nx.DiGraph | 
     attrs, succ, pred = g._node, g._succ, g._pred
     last = graph["last_seq"]
     try:
-        for seq, type_, node, parent, done, value, source in heads:
+        for seq, type_, node, parent, done, value, source, reason in heads:
             if type_ == "score_assigned":
                 scores = attrs[node]["scores"]
                 before = scores.get(source)
@@ -84,7 +84,7 @@ def fold(tree_id: str, heads: Iterable[EventHead | HeadRow], into: nx.DiGraph | 
                 a["executed"] = True
                 a["done"] = done
             elif type_ == "tree_closed":
-                graph["closed"] = parent  # heads carry the close reason in this slot
+                graph["closed"] = reason
             else:
                 raise InvalidEvent(f"cannot fold unknown event type {type_!r}", field="type")
             if seq > last:  # noqa: PLR1730 - cheaper than a max() call per event

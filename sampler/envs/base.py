@@ -10,6 +10,20 @@ deterministic given the task and the actions taken. It speaks OpenAI's message f
   sub-goals;
 - :meth:`Environment.expert` returns a scripted expert (see :mod:`branchpoint.sampler.expert`).
 
+That is all an environment must write. Forking (:mod:`branchpoint.sampler.fork`) then works
+by replay, for every environment: the base class records each action and its result since
+the last reset in :attr:`Environment.history` (it wraps the subclass's ``reset`` and
+``step`` when the class is created, so no subclass can forget), and a fresh environment of
+the same task re-runs them. An environment that can copy its state cheaply also implements
+:meth:`Environment.snapshot` / :meth:`Environment.restore` (or overrides
+:meth:`Environment.fork`, e.g. to copy a sandbox) and declares it in ``fork_mode``, one of
+:data:`FORK_MODES` (a plain attribute: a class default, or set per instance in
+``__init__`` when an option decides, as ``backend="disk"`` does for the built-ins).
+
+A tree's root names its environment by :attr:`Environment.env_name`: the name the registry
+made it by (an entry-point name, or an import path ``package.module:Class``), so that the
+registry makes the same environment again from the root whichever way it was named.
+
 A malformed action never raises: it costs a step and the observation says what was wrong,
 as a real tool server would. :func:`parse_action` turns any assistant message into
 :class:`ToolCall` s, each either valid against its tool's JSON schema or carrying the exact
@@ -30,22 +44,30 @@ environment uses the same split and training data never comes from the other two
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self, TypeAlias, TypeVar
 
 import msgspec
+
+from branchpoint.store.builder import make_task
+
+# the split function lives in the store (light, shared with its tree filters)
+from branchpoint.store.splits import SPLITS, Split, split_of
 
 if TYPE_CHECKING:
     from branchpoint.sampler.expert import Expert
 
 __all__ = [
+    "FORK_MODES",
     "SPLITS",
     "Check",
     "Environment",
+    "ForkMode",
+    "HistoryEntry",
     "Message",
     "Outcome",
     "Reset",
@@ -69,27 +91,14 @@ __all__ = [
     "user_message",
 ]
 
-Split = Literal["train", "validation", "heldout"]
-SPLITS: tuple[Split, ...] = ("train", "validation", "heldout")
 Message = dict[str, Any]
+#: How :func:`branchpoint.sampler.fork.fork` copies an environment: ``snapshot`` (state in
+#: memory, through :meth:`Environment.snapshot` / :meth:`Environment.restore` or an
+#: overridden :meth:`Environment.fork`), ``sandbox`` (a real directory or database per
+#: branch, copied by :meth:`Environment.fork`) or ``replay`` (a fresh environment re-runs
+#: :attr:`Environment.history`; works for every environment).
 ForkMode = Literal["snapshot", "sandbox", "replay"]
-
-
-def split_of(task_id: int) -> Split:
-    """The split of a task id: the first byte of SHA-256 of its decimal form, mod 10:
-    0 is ``heldout``, 1 is ``validation``, anything else ``train``.
-
-    Raises:
-        ValueError: for a negative id.
-    """
-    if task_id < 0:
-        raise ValueError(f"task ids are non-negative integers, got {task_id}")
-    bucket = hashlib.sha256(str(task_id).encode()).digest()[0] % 10
-    if bucket == 0:
-        return "heldout"
-    if bucket == 1:
-        return "validation"
-    return "train"
+FORK_MODES: tuple[ForkMode, ...] = ("snapshot", "sandbox", "replay")
 
 
 def tasks_in_split(split: Split, count: int, start: int = 0) -> list[int]:
@@ -137,28 +146,124 @@ def score_of(subgoals: Sequence[SubGoal]) -> Check:
                  subgoals=list(subgoals))
 
 
-class Environment(ABC):
-    """One task of one environment. Subclasses set ``name`` and ``description``.
+#: One entry of :attr:`Environment.history`: the action given to ``step`` and its result.
+HistoryEntry: TypeAlias = tuple[Message, StepResult]
 
-    ``fork_mode`` names the way :func:`branchpoint.sampler.fork.fork` copies this
-    environment by default: ``snapshot`` (state in memory), ``sandbox`` (a real directory
-    or database per branch) or ``replay`` (re-run the actions in a fresh environment).
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class _Snapshot(msgspec.Struct, frozen=True):
+    """What :meth:`Environment.snapshot` returns: the subclass's state and the history
+    that led to it, so that a restored environment replays (and forks) like the original."""
+
+    history: tuple[HistoryEntry, ...]
+    state: Any
+
+
+def _outermost(fn: _F) -> _F:
+    """Wrap one of the methods the base class keeps the books for; the wrapped method runs
+    its bookkeeping only in the outermost call (a subclass calling ``super().step`` is one
+    step, not two)."""
+    kind = fn.__name__
+
+    @functools.wraps(fn)
+    def wrapper(self: Environment, *args: Any, **kwargs: Any) -> Any:
+        if self.__dict__.get("_bp_inside"):
+            return fn(self, *args, **kwargs)
+        self.__dict__["_bp_inside"] = True
+        try:
+            if kind == "restore":
+                snap = args[0] if args else kwargs["snap"]
+                if not isinstance(snap, _Snapshot):
+                    raise TypeError("restore takes what snapshot() returned, got "
+                                    f"{type(snap).__name__}")
+                fn(self, snap.state)
+                self.history = list(snap.history)
+                return None
+            result = fn(self, *args, **kwargs)
+        finally:
+            self.__dict__["_bp_inside"] = False
+        if kind == "reset":
+            self.history = []
+        elif kind == "step":
+            self.history.append((args[0] if args else kwargs["action"], result))
+        elif kind == "snapshot":
+            return _Snapshot(tuple(self.history), result)
+        return result
+
+    wrapper.__dict__["_bp_books"] = True
+    return wrapper  # type: ignore[return-value]
+
+
+_BOOKKEPT = ("reset", "step", "snapshot", "restore")
+
+
+class Environment(ABC):
+    """One task of one environment. Subclasses set ``name`` and ``description`` and
+    implement :meth:`reset`, :meth:`step` and :meth:`check`; :meth:`snapshot` /
+    :meth:`restore` (or :meth:`fork`) where the state can be copied, else forks replay.
+
+    ``fork_mode`` (one of :data:`FORK_MODES`) names the way
+    :func:`branchpoint.sampler.fork.fork` copies this environment by default. It is a plain
+    attribute: ``replay`` unless a subclass sets another default, or an instance sets its
+    own in ``__init__``.
+
+    :attr:`history` holds each ``(action, StepResult)`` since the last :meth:`reset`, kept
+    by this base class whatever the subclass's ``step`` does; it is what a replay fork
+    re-runs, and it travels with a snapshot.
     """
 
     name: ClassVar[str]
     description: ClassVar[str]
-    fork_mode: ClassVar[ForkMode] = "snapshot"
+    fork_mode: ForkMode = "replay"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for attr in _BOOKKEPT:
+            fn = cls.__dict__.get(attr)
+            if callable(fn) and not getattr(fn, "_bp_books", False):
+                setattr(cls, attr, _outermost(fn))
+        mode = cls.__dict__.get("fork_mode")
+        if mode is not None and mode not in FORK_MODES:
+            raise TypeError(f"{cls.__qualname__}.fork_mode must be one of "
+                            f"{', '.join(FORK_MODES)}, got {mode!r}")
 
     def __init__(self, task_id: int, **options: Any) -> None:
         if isinstance(task_id, bool) or not isinstance(task_id, int) or task_id < 0:
             raise ValueError(f"task ids are non-negative integers, got {task_id!r}")
         self.task_id = task_id
         self.options = options
+        self.history: list[HistoryEntry] = []
+        self._env_name: str | None = None
+
+    @property
+    def env_name(self) -> str:
+        """The name that makes this environment again through
+        :func:`branchpoint.sampler.envs.registry.get_env`: the name the registry made it
+        by, else the class's ``name`` when that is registered for this class, else its
+        import path ``package.module:Class``."""
+        if self._env_name is None:
+            from branchpoint.sampler.envs.registry import name_of
+
+            self._env_name = name_of(type(self))
+        return self._env_name
+
+    @env_name.setter
+    def env_name(self, value: str) -> None:
+        self._env_name = value
 
     @property
     def task(self) -> dict[str, Any]:
-        """The task object recorded on a tree's root (``env``, ``task_id``, options)."""
-        return {"env": self.name, "task_id": self.task_id, **self.options}
+        """The task object recorded on a tree's root: ``env`` (:attr:`env_name`),
+        ``task_id`` and the options under ``options``
+        (:func:`branchpoint.store.builder.make_task`)."""
+        return make_task(self.env_name, self.task_id, options=self.options)
+
+    def fresh(self) -> Self:
+        """A new environment of the same task and name, not yet reset."""
+        child = type(self)(self.task_id, **self.options)
+        child.env_name = self.env_name
+        return child
 
     @abstractmethod
     def reset(self) -> Reset:
@@ -172,21 +277,42 @@ class Environment(ABC):
     def check(self) -> Check:
         """Score the current state."""
 
-    @abstractmethod
     def snapshot(self) -> Any:
-        """An opaque, independent copy of the state (for in-memory forks)."""
+        """An opaque, independent copy of the state (for in-memory forks); optional.
 
-    @abstractmethod
+        Raises:
+            NotImplementedError: the environment cannot copy its state (fork by replay).
+        """
+        raise NotImplementedError(f"{self.env_name!r} environments cannot take a snapshot; "
+                                  "fork them by replay")
+
     def restore(self, snap: Any) -> None:
-        """Return to a state taken by :meth:`snapshot`; the snapshot stays reusable."""
+        """Return to a state taken by :meth:`snapshot`; the snapshot stays reusable.
+
+        Raises:
+            NotImplementedError: the environment cannot copy its state (fork by replay).
+        """
+        raise NotImplementedError(f"{self.env_name!r} environments cannot restore a "
+                                  "snapshot; fork them by replay")
+
+    @classmethod
+    def can_snapshot(cls) -> bool:
+        """Whether this environment copies its state itself (implements snapshot and
+        restore, or overrides :meth:`fork`), so that ``snapshot`` and ``sandbox`` forks
+        work; ``replay`` works for every environment."""
+        return cls.fork is not Environment.fork or (
+            cls.snapshot is not Environment.snapshot and cls.restore is not Environment.restore)
 
     def fork(self) -> Environment:
         """An independent copy of this environment in its current state.
 
         The default builds a fresh environment of the same task, resets it and restores a
         snapshot of this one; environments with cheaper or sandboxed copies override it.
+
+        Raises:
+            NotImplementedError: the environment implements no snapshot (fork by replay).
         """
-        child = type(self)(self.task_id, **self.options)
+        child = self.fresh()
         child.reset()
         child.restore(self.snapshot())
         return child
@@ -505,10 +631,10 @@ class ToolEnvironment(Environment):
     Subclasses implement :meth:`_start` (build the task state, return the opening
     messages), :meth:`_call` (run one valid call), :meth:`_save` / :meth:`_load` (copy the
     task state for snapshots) and :meth:`check`; :attr:`tools` is the list of schemas.
-    :attr:`history` holds each ``(action, StepResult)`` since the last reset, which is what
-    a replay fork re-runs.
+    It forks by snapshot (``fork_mode = "snapshot"``).
     """
 
+    fork_mode: ForkMode = "snapshot"
     max_steps: int = 30
     tools: list[dict[str, Any]]
 
@@ -520,7 +646,6 @@ class ToolEnvironment(Environment):
         self.max_steps = limit
         self.steps = 0
         self.done = False
-        self.history: list[tuple[Message, StepResult]] = []
 
     @abstractmethod
     def _start(self) -> list[Message]:
@@ -543,7 +668,6 @@ class ToolEnvironment(Environment):
     def reset(self) -> Reset:
         self.steps = 0
         self.done = False
-        self.history = []
         return Reset(messages=self._start(), tools=self.tools)
 
     def step(self, action: Message) -> StepResult:
@@ -566,16 +690,13 @@ class ToolEnvironment(Environment):
             self.done = True
             observation.append(user_message(
                 f"step limit reached ({self.max_steps} steps): the episode is over"))
-        result = StepResult(observation, self.done)
-        self.history.append((action, result))
-        return result
+        return StepResult(observation, self.done)
 
     def snapshot(self) -> Any:
-        return (self.steps, self.done, list(self.history), self._save())
+        return (self.steps, self.done, self._save())
 
     def restore(self, snap: Any) -> None:
-        steps, done, history, state = snap
-        self.steps, self.done, self.history = steps, done, list(history)
+        self.steps, self.done, state = snap
         self._load(state)
 
 

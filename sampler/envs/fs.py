@@ -381,6 +381,7 @@ class FsEnv(ToolEnvironment):
         self.backend: str = options.get("backend", "memory")
         if self.backend not in ("memory", "disk"):
             raise ValueError(f"backend must be memory or disk, got {self.backend!r}")
+        self.fork_mode = "sandbox" if self.backend == "disk" else "snapshot"
         self.spec = make_task(task_id, self.difficulty)
         self.cwd: Path_ = ()
         self.sandbox: Sandbox | None = None
@@ -388,10 +389,6 @@ class FsEnv(ToolEnvironment):
         if self.backend == "disk":
             self.sandbox = Sandbox(prefix="bp-fs-")
             self.tree = DiskTree(self.sandbox)
-
-    @property
-    def fork_mode(self) -> Any:  # type: ignore[override]
-        return "sandbox" if self.backend == "disk" else "snapshot"
 
     # --- lifecycle ---
 
@@ -420,7 +417,7 @@ class FsEnv(ToolEnvironment):
             self.tree.load(state[1], state[2])
 
     def fork(self) -> Environment:
-        child = FsEnv(self.task_id, **self.options)
+        child = self.fresh()
         child.steps, child.done, child.history = self.steps, self.done, list(self.history)
         child.cwd = self.cwd
         if isinstance(self.tree, DiskTree):

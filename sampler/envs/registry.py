@@ -8,19 +8,27 @@ A package makes its environments available by declaring, in its ``pyproject.toml
 
 and any :class:`~branchpoint.sampler.envs.base.Environment` subclass can also be named by
 its import path, ``package.module:Class``, with no registration at all.
+
+Whichever way an environment was named, :func:`make_env` records that name on it
+(:attr:`~branchpoint.sampler.envs.base.Environment.env_name`), and a tree's root records
+it as ``task.env``: the registry makes the same environment again from the root, for
+replay, resume and skipping stored trees. The class's own ``name`` is only a label; an
+entry point may register it under another name.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from branchpoint.sampler.envs.base import Environment
+from branchpoint.store.builder import task_options
 from branchpoint.store.errors import UnknownEnvironment
 
-__all__ = ["GROUP", "get_env", "list_envs", "make_env"]
+__all__ = ["GROUP", "env_from_task", "get_env", "list_envs", "make_env", "name_of"]
 
 GROUP = "branchpoint.envs"
 
@@ -75,11 +83,39 @@ def get_env(name: str) -> type[Environment]:
                              "(or give an import path, package.module:Class)")
 
 
+def name_of(cls: type[Environment]) -> str:
+    """A name :func:`get_env` resolves to ``cls``: its ``name`` when an entry point of that
+    name loads ``cls``, else its import path ``module:QualifiedName``."""
+    eps = _entry_points()
+    label = getattr(cls, "name", None)
+    if isinstance(label, str) and label in eps:
+        try:
+            if _load(label, eps[label].value) is cls:
+                return label
+        except UnknownEnvironment:
+            pass
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
 def make_env(name: str, task_id: int, **options: Any) -> Environment:
-    """An environment of task ``task_id``, not yet reset.
+    """An environment of task ``task_id``, not yet reset, that records ``name`` as its
+    :attr:`~branchpoint.sampler.envs.base.Environment.env_name`.
 
     Raises:
         UnknownEnvironment: as :func:`get_env`.
         ValueError: a bad task id or option.
     """
-    return get_env(name)(task_id, **options)
+    env = get_env(name)(task_id, **options)
+    env.env_name = name
+    return env
+
+
+def env_from_task(task: Mapping[str, Any]) -> Environment:
+    """The environment a tree's root recorded in its ``task``, with its options (also from
+    roots written before options moved under ``task["options"]``), not yet reset.
+
+    Raises:
+        UnknownEnvironment: as :func:`get_env`.
+        ValueError: a bad task id or option.
+    """
+    return make_env(task["env"], task["task_id"], **task_options(task))

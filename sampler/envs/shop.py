@@ -360,15 +360,12 @@ class ShopEnv(ToolEnvironment):
         self.backend: str = options.get("backend", "memory")
         if self.backend not in ("memory", "disk"):
             raise ValueError(f"backend must be memory or disk, got {self.backend!r}")
+        self.fork_mode = "sandbox" if self.backend == "disk" else "snapshot"
         self.spec = make_task(task_id, self.difficulty)
         self.sandbox: SqliteSandbox | None = None
         self._conn: sqlite3.Connection | None = None
         self._gold: _Gold | None = None
         self._session = _Session()
-
-    @property
-    def fork_mode(self) -> Any:  # type: ignore[override]
-        return "sandbox" if self.backend == "disk" else "snapshot"
 
     # --- storage --------------------------------------------------------------------------
 
@@ -465,7 +462,7 @@ class ShopEnv(ToolEnvironment):
     def fork(self) -> ShopEnv:
         """An independent copy in the current state: for ``disk``, a new sandbox holding a
         copy of the database file (sibling branches share nothing)."""
-        child = ShopEnv(self.task_id, **self.options)
+        child = self.fresh()
         child._gold = self._gold
         if self.sandbox is not None:
             child.reset()

@@ -80,7 +80,7 @@ def test_stats_json_has_the_documented_shape(db: str):
     assert result.exit_code == 0, result.stderr
     stats = json.loads(result.stdout)
     assert set(stats) == {"trees", "nodes", "branching_points", "pairs", "dropped", "by_env"}
-    assert set(stats["dropped"]) == {"tie", "under_margin", "identical"}
+    assert set(stats["dropped"]) == {"tie", "under_margin", "identical", "low_confidence"}
     assert set(stats["by_env"]["fs"]) == set(stats) - {"by_env"}
 
     async def direct() -> dict:
@@ -165,3 +165,37 @@ def test_a_reader_that_stops_early_ends_the_export_quietly(tmp_path: Path):
     proc.stderr.close()
     assert proc.wait(timeout=60) == 0
     assert b"error" not in err.lower()
+
+
+def test_confidence_discount_and_binary_reach_export_and_stats(db: str):
+    args = ["--confidence", "1", "--discount", "0.9", "--binary"]
+    result = runner.invoke(app, ["stats", "--json", "--db", db, *args])
+    assert result.exit_code == 0, result.stderr
+    stats = json.loads(result.stdout)
+    assert stats["pairs"] + sum(stats["dropped"].values()) == stats["branching_points"]
+    assert stats["dropped"]["low_confidence"] > 0
+
+    async def direct() -> dict:
+        log = await open_log(db)
+        try:
+            return await compute_stats(log, ExportOptions(confidence=1.0, discount=0.9,
+                                                          binary=True))
+        finally:
+            await log.close()
+
+    assert stats == asyncio.run(direct())
+    out = runner.invoke(app, ["export", "dpo", "--db", db, "--with-metadata", *args])
+    assert out.exit_code == 0, out.stderr
+    rows = [json.loads(x) for x in out.stdout.splitlines()]
+    assert len(rows) == stats["pairs"]
+    for r in rows:
+        m = r["metadata"]
+        assert m["margin"] >= 1.0 * (m["chosen_se"] ** 2 + m["rejected_se"] ** 2) ** 0.5 - 1e-9
+
+
+@pytest.mark.parametrize("bad", [["--discount", "0"], ["--discount", "1.5"],
+                                 ["--confidence", "-1"]])
+def test_an_out_of_range_value_option_is_refused_by_name(db: str, bad: list[str]):
+    result = runner.invoke(app, ["stats", "--db", db, *bad])
+    assert result.exit_code != 0
+    assert bad[0].strip("-") in result.stderr.lower() + result.stdout.lower()

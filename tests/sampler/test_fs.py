@@ -222,3 +222,55 @@ def test_deep_paths_get_the_same_answer_on_both_backends():
     assert seen[31] == "ok" or not seen[31].startswith("error")
     assert seen[32] == "error: path too deep: at most 32 folders"
     assert seen[-3].startswith("error: path too deep")
+
+
+def full_state(env: FsEnv) -> tuple:
+    """Everything a snapshot must bring back: every folder and file with its text, the
+    current folder, the step count, whether the episode is over, and the history."""
+    dirs, files, todo = [], {}, [()]
+    while todo:
+        folder = todo.pop()
+        dirs.append(folder)
+        for name, is_dir in env.tree.listdir(folder):
+            if is_dir:
+                todo.append((*folder, name))
+            else:
+                files[(*folder, name)] = env.tree.read((*folder, name))
+    return (sorted(dirs), files, env.cwd, env.steps, env.done, list(env.history))
+
+
+# Changes are drawn on purpose beside the whole tool space: a write, a new folder and a
+# move change the state in place, which is what a snapshot that shared it would miss.
+_NAMES = st.sampled_from(["/docs", "/logs", "/new", "/docs/x.txt", "/tmp.txt", "/red", ".."])
+changes = st.one_of(
+    st.builds(lambda p, t: f"write {p}.txt {t}", _NAMES, st.text("ab \n", max_size=5)),
+    st.builds(lambda p: f"mkdir {p}", _NAMES),
+    st.builds(lambda a, b: f"mv {a} {b}", _NAMES, _NAMES),
+    st.builds(lambda p: f"cd {p}", _NAMES),
+)
+steps_ = st.lists(st.one_of(specs, changes), max_size=8)
+
+
+@pytest.mark.parametrize("backend", ["memory", "disk"])
+@SETTINGS
+@given(task=st.integers(0, 300), before=steps_, after=st.lists(st.one_of(specs, changes),
+                                                               min_size=1, max_size=8))
+def test_restoring_a_snapshot_after_any_actions_brings_back_exactly_the_state(
+        backend, task, before, after):
+    def run(env, actions, messages, tools):
+        for a in actions:
+            action = text(a) if isinstance(a, str) else realize(a, env, tools, messages)
+            messages += [action, *env.step(action).observation]
+
+    with FsEnv(task, backend=backend) as env:
+        start = env.reset()
+        messages = list(start.messages)
+        run(env, before, messages, start.tools)
+        taken = full_state(env)
+        snap = env.snapshot()
+        run(env, after, list(messages), start.tools)
+        env.restore(snap)
+        assert full_state(env) == taken
+        run(env, after, list(messages), start.tools)
+        env.restore(snap)  # the snapshot stays reusable
+        assert full_state(env) == taken

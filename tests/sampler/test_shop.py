@@ -335,7 +335,7 @@ def test_a_task_is_a_function_of_its_id_and_difficulty(envs):
     a, b, c = envs(17, difficulty="hard"), envs(17, difficulty=3), envs(18, difficulty="hard")
     ra, rb, rc = a.reset(), b.reset(), c.reset()
     assert ra.messages == rb.messages and a.db_hash() == b.db_hash()
-    assert a.task == b.task == {"env": "shop", "task_id": 17, "difficulty": "hard"}
+    assert a.task == b.task == {"env": "shop", "task_id": 17, "options": {"difficulty": "hard"}}
     assert ra.messages[1] != rc.messages[1] and a.db_hash() != c.db_hash()
     assert ra.messages[0]["role"] == "system" and "policy" in ra.messages[0]["content"]
     assert ra.tools == TOOLS

@@ -103,7 +103,7 @@ async def test_each_format_loads_with_datasets(fmt: str, tmp_path: Path):
     expected = {
         "dpo": {"prompt", "chosen", "rejected", "tools", "metadata"},
         "steps": {"tree_id", "node_id", "parent_id", "depth", "prompt", "action",
-                  "observation", "score", "value"},
+                  "observation", "score", "value", "leaves", "se"},
         "sft": {"messages", "tools"},
         "trajectory-pairs": {"prompt", "chosen", "rejected", "tools", "metadata"},
         "stepwise": {"prompt", "completions", "labels"},
@@ -144,10 +144,11 @@ async def test_arguments_that_are_not_a_json_object_stay_strings():
 async def test_sft_keeps_paths_whose_leaf_reaches_the_min_score_and_ends_on_the_assistant():
     log = await memory_log(*scenario())
     rows = [json.loads(x) for x in (await lines(log, "sft")).splitlines()]
-    assert len(rows) == 1  # t1/a1; t3/p1's checker says 1.0 but its judge came later
+    assert len(rows) == 2  # t1/a1 and t3/p1: a checker score outranks a later judge
     assert all(r["messages"][-1]["role"] == "assistant" for r in rows)
     assert len((await lines(log, "sft", min_score=0.0)).splitlines()) == 9
     assert len((await lines(log, "sft", sources=("checker",))).splitlines()) == 2
+    assert len((await lines(log, "sft", sources=("judge",))).splitlines()) == 0
 
 
 async def test_stepwise_labels_follow_node_values_and_the_threshold():
@@ -180,10 +181,16 @@ async def test_the_env_filter_keeps_one_environment():
 async def test_judge_weight_and_sources_change_which_pairs_are_made():
     log = await memory_log(*scenario())
     stats = await compute_stats(log, ExportOptions(env="shop"))
-    # latest source is the judge: p1 0.6 / p2 0.2 (identical actions), q1 0.0 / q2 0.2
-    assert stats["dropped"]["identical"] == 1 and stats["pairs"] == 2
+    # by precedence the checker counts although the judge came later: p1 1.0 / p2 0.3
+    # (identical actions), q1 0.4 = q2 0.4 (tie), p 0.65 against q 0.4 (a pair)
+    assert stats["dropped"] == {"tie": 1, "under_margin": 0, "identical": 1,
+                                "low_confidence": 0}
+    assert stats["pairs"] == 1
     checker = await compute_stats(log, ExportOptions(env="shop", sources=("checker",)))
-    assert checker["dropped"]["tie"] == 1  # q1 0.4 = q2 0.4
+    assert checker == stats
+    # the judge alone: p1 0.6 / p2 0.2 (identical), q1 0.0 / q2 0.2, p 0.4 / q 0.1
+    judge = await compute_stats(log, ExportOptions(env="shop", sources=("judge",)))
+    assert judge["dropped"]["identical"] == 1 and judge["pairs"] == 2
     blended = await compute_stats(log, ExportOptions(env="shop", judge_weight=0.5))
     assert blended["pairs"] + sum(blended["dropped"].values()) == blended["branching_points"]
 

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from branchpoint.store.pairs import DEFAULT_MARGIN, Pair, extract_pairs, same_action, scan
-from branchpoint.store.values import node_values
+from branchpoint.store.pairs import (
+    DEFAULT_MARGIN,
+    Pair,
+    extract_pairs,
+    judge_pairs,
+    mistake_label,
+    same_action,
+    scan,
+)
+from branchpoint.store.values import node_estimates, node_values
 from tests.store.builders import TreeBuilder, action, call, graph_of, two_step_tree
 
 
@@ -121,3 +131,53 @@ def test_counts_add_up_to_the_branching_points():
     _, counts = pairs_of(b)
     d = counts.as_dict()
     assert d["branching_points"] == d["pairs"] + sum(d["dropped"].values())
+
+
+def _rollouts(b: TreeBuilder, parent: str, scores: list[float]) -> None:
+    for i, x in enumerate(scores):
+        b.step(f"{parent}{i}", parent, action(f"go on {i}")).score(f"{parent}{i}", x)
+
+
+def test_a_pair_on_thin_evidence_is_dropped_as_low_confidence_and_still_counted():
+    b = TreeBuilder().root()
+    b.step("good", "r", action("right"))
+    b.step("bad", "r", action("wrong"))
+    _rollouts(b, "good", [1.0])
+    _rollouts(b, "bad", [0.7])
+    g = graph_of(b)
+    est = node_estimates(g)
+    pairs, counts = extract_pairs(g, est, actions_of(b))
+    assert len(pairs) == 1  # no confidence test: today's behaviour
+    pairs, counts = extract_pairs(g, est, actions_of(b), confidence=1.0)
+    assert pairs == []
+    assert counts.low_confidence == 1
+    assert counts.pairs + counts.tie + counts.under_margin + counts.identical \
+        + counts.low_confidence == counts.branching_points
+
+
+def test_a_pair_backed_by_many_agreeing_rollouts_passes_the_confidence_test():
+    b = TreeBuilder().root()
+    b.step("good", "r", action("right"))
+    b.step("bad", "r", action("wrong"))
+    _rollouts(b, "good", [1.0] * 8)
+    _rollouts(b, "bad", [0.5] * 8)
+    g = graph_of(b)
+    pairs, _ = extract_pairs(g, node_estimates(g), actions_of(b), confidence=2.0)
+    assert [(p.chosen, p.rejected, p.chosen_leaves, p.rejected_leaves) for p in pairs] \
+        == [("good", "bad", 8, 8)]
+    assert pairs[0].diff_se == pytest.approx(math.hypot(pairs[0].chosen_se,
+                                                        pairs[0].rejected_se))
+
+
+def test_precision_counts_only_pairs_with_exactly_one_mistake():
+    ps = [Pair("r", "a", "b", 1.0, 0.0), Pair("r", "b", "a", 1.0, 0.0),
+          Pair("r", "a", "c", 1.0, 0.0), Pair("r", "a", "x", 1.0, 0.0)]
+    assert judge_pairs(ps, {"a": False, "b": True, "c": False}) == (2, 1)
+    assert mistake_label({"mistake": True}) is True
+    assert mistake_label({"mistake": 1}) is None and mistake_label(None) is None
+
+
+def test_a_bad_confidence_is_refused():
+    b = two_step_tree()
+    with pytest.raises(ValueError, match="confidence"):
+        pairs_of(b, confidence=-1.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import subprocess
 import sys
 from typing import Any
@@ -17,7 +18,7 @@ from branchpoint.store.events import Event, NodeCreated
 from branchpoint.store.exports import ExportOptions, export_lines
 from branchpoint.store.pairs import TOLERANCE, extract_pairs, same_action
 from branchpoint.store.tree import apply, fold, new_tree
-from branchpoint.store.values import node_values
+from branchpoint.store.values import ValueOptions, node_estimates, node_values
 from tests.store.builders import TreeBuilder, action, call, memory_log
 
 SETTINGS = settings(max_examples=120, deadline=None,
@@ -137,6 +138,50 @@ def test_every_pair_shares_a_parent_differs_in_action_and_wins_by_the_margin(
     assert d["pairs"] + sum(d["dropped"].values()) == d["branching_points"]
     assert d["branching_points"] == sum(
         1 for n in g if sum(1 for c in g.successors(n) if c in values) >= 2)
+
+
+@SETTINGS
+@given(trees(), st.sampled_from([0.0, 0.1, 0.3]), st.sampled_from([0.0, 1.0, 2.0]),
+       st.builds(ValueOptions, reduce=st.sampled_from(["mean", "max"]),
+                 discount=st.sampled_from([1.0, 0.9, 0.5]), binary=st.booleans()),
+       st.dictionaries(st.sampled_from([f"tn{i}" for i in range(14)]), st.integers(1, 5)))
+def test_every_kept_pair_beats_its_rival_by_the_margin_and_z_standard_errors(
+        b, margin, z, options, counts):
+    g = fold(b.tree_id, (e.head() for e in with_seqs(b.events)))
+    est = node_estimates(g, options, counts=counts)
+    acts = actions_of(b)
+    pairs, tally = extract_pairs(g, est, acts, margin=margin, confidence=z)
+    for p in pairs:
+        diff = est[p.chosen].value - est[p.rejected].value
+        assert diff >= margin - TOLERANCE
+        assert diff >= z * math.hypot(est[p.chosen].se, est[p.rejected].se) - TOLERANCE
+        assert (p.chosen_leaves, p.chosen_se) == est[p.chosen][1:]
+    d = tally.as_dict()
+    assert d["pairs"] + sum(d["dropped"].values()) == d["branching_points"]
+    # the confidence test only ever removes pairs the plain test kept
+    plain, plain_tally = extract_pairs(g, est, acts, margin=margin)
+    assert {p.parent for p in pairs} <= {p.parent for p in plain}
+    assert tally.low_confidence == plain_tally.pairs - tally.pairs
+
+
+@SETTINGS
+@given(trees(), st.sampled_from([1.0, 0.8]), st.booleans(),
+       st.dictionaries(st.sampled_from([f"tn{i}" for i in range(14)]), st.integers(1, 5)))
+def test_every_value_is_in_the_unit_interval_and_rests_on_the_leaves_beneath_it(
+        b, discount, binary, counts):
+    g = fold(b.tree_id, (e.head() for e in with_seqs(b.events)))
+    est = node_estimates(g, ValueOptions(discount=discount, binary=binary), counts=counts)
+    for n, e in est.items():
+        assert -TOLERANCE <= e.value <= 1 + TOLERANCE
+        assert 0 <= e.se <= 0.5 + TOLERANCE
+        valued_kids = [c for c in g.successors(n) if c in est]
+        if valued_kids:
+            assert e.leaves == sum(est[c].leaves for c in valued_kids)
+            lo, hi = (min(est[c].value for c in valued_kids),
+                      max(est[c].value for c in valued_kids))
+            assert discount * lo - TOLERANCE <= e.value <= discount * hi + TOLERANCE
+        else:
+            assert e.leaves == 1
 
 
 @settings(max_examples=40, deadline=None)

@@ -33,6 +33,7 @@ from branchpoint.store.log import (
     iter_events,
     open_log,
 )
+from branchpoint.store.splits import SPLITS, split_of
 from branchpoint.store.sqlite3_writer import Sqlite3Writer
 
 T0 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
@@ -105,7 +106,8 @@ async def test_heads_carry_the_fold_scalars_without_payloads(log: EventLog) -> N
                       t.node("b", "r"), t.run("b", done=True), t.close("budget")])
     heads = await log.read_heads("t1")
     assert heads == [e.head() for e in await log.read_tree("t1")]
-    assert heads[-1].parent_id == "budget"  # the close reason travels in this slot
+    assert heads[-1].reason == "budget"
+    assert heads[-1].parent_id is None  # the reason has a field of its own
     assert [h.done for h in heads if h.type == "action_executed"] == [None, True]
 
 
@@ -422,6 +424,38 @@ async def test_trees_filter_by_env_task_origin_time_and_finished(log: EventLog) 
     assert await ids(env="fs", finished=True, origin="sampler") == ["t3"]
     closed = {t.tree_id: t.closed for t in await log.list_trees()}
     assert closed == {"t1": "done", "t2": None, "t3": "budget"}  # the latest close counts
+
+
+async def test_trees_are_selected_by_id_and_by_split(log: EventLog) -> None:
+    """A split is the root's task.split, else split_of a non-negative integer task_id;
+    a tree with neither is in no split. The same filter selects in bulk reads."""
+    ids = {s: [i for i in range(40) if split_of(i) == s][:1] for s in SPLITS}
+    by_id = Tree("by-id", task_id=ids["heldout"][0])
+    named = Tree("named", task_id=ids["train"][0])  # task.split overrides the task_id's
+    root = named.root()
+    assert root.payload.task is not None
+    root = msgspec.structs.replace(root, payload=msgspec.structs.replace(
+        root.payload, task={**root.payload.task, "split": "heldout"}))
+    train = Tree("train", task_id=ids["train"][0])
+    none = [Tree("text-id", task_id="abc"), Tree("negative", task_id=-4)]
+    await log.append([by_id.root(), root, train.root(), *(t.root() for t in none)])
+
+    async def listed(**kw: Any) -> list[str]:
+        got = [t.tree_id for t in await log.list_trees(TreeFilter(**kw))]
+        assert [t for t, _ in await bulk(log, TreeFilter(**kw))] == got
+        return got
+
+    assert await listed(split="heldout") == ["by-id", "named"]
+    assert await listed(split="train") == ["train"]
+    assert await listed(split="validation") == []
+    assert await listed(tree_id="named") == ["named"]
+    assert await listed(tree_id="named", split="train") == []
+    assert await listed(tree_id="nope") == []
+    splits = {t.tree_id: t.split for t in await log.list_trees()}
+    assert splits == {"by-id": "heldout", "named": "heldout", "train": "train",
+                      "text-id": None, "negative": None}
+    with pytest.raises(ValueError, match="split must be one of"):
+        TreeFilter(split="test")  # type: ignore[arg-type]
 
 
 # --- heads in bulk --------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 from branchpoint.store.errors import ConflictingEvent, StoreUnavailable
 from branchpoint.store.events import canonical_payload, normalize
 from branchpoint.store.log import TreeFilter, open_log
+from branchpoint.store.splits import split_of
 from branchpoint.store.sqlbase import SCHEMA_VERSION
 from branchpoint.store.sqlite3_writer import Sqlite3Writer
 from tests.store.test_log_contract import Tree
@@ -90,8 +91,9 @@ async def test_an_older_database_is_migrated_on_open_without_rewriting_rows(
         [tree] = await log.list_trees(TreeFilter(finished=True))
         assert (tree.tree_id, tree.env, tree.task_id, tree.origin, tree.closed) == (
             "old", "fs", 5, "import", "budget")
+        assert tree.split == split_of(5)  # derived from the old root's integer task_id
         heads = await log.read_heads("old")
-        assert heads[-1].parent_id == "budget"
+        assert heads[-1].reason == "budget"
         assert [e.event_id for e in await log.read_tree("old")] == [
             f"old-{i}" for i in range(1, 6)]
 
@@ -138,3 +140,38 @@ def test_a_writer_on_a_file_that_is_not_a_database_closes_its_connection(
     with pytest.raises(StoreUnavailable, match="cannot open SQLite database"):
         Sqlite3Writer(bad)
     assert closed == [True]
+
+
+async def test_a_version_1_database_gains_tree_splits_on_open(db_url: str) -> None:
+    """Version 1 had ``trees`` without ``split``: opening fills it from the stored roots
+    (task.split first, else the integer task_id), on SQLite and PostgreSQL alike."""
+    log = await open_log(db_url)
+    try:
+        named = Tree("named", task_id="abc")
+        root = named.root()
+        assert root.payload.task is not None
+        root = msgspec.structs.replace(root, payload=msgspec.structs.replace(
+            root.payload, task={**root.payload.task, "split": "heldout"}))
+        await log.append([root, Tree("numbered", task_id=5).root(),
+                          Tree("plain", task_id="x").root()])
+        # back to version 1: no split column, no version 2 row
+        await _execute(log, ["DROP INDEX trees_split", "ALTER TABLE trees DROP COLUMN split",
+                             f"DELETE FROM schema_version WHERE version = {SCHEMA_VERSION}"])
+    finally:
+        await log.close()
+    log = await open_log(db_url)
+    try:
+        got = {t.tree_id: t.split for t in await log.list_trees()}
+        assert got == {"named": "heldout", "numbered": split_of(5), "plain": None}
+        heldout = await log.list_trees(TreeFilter(split="heldout"))
+        assert [t.tree_id for t in heldout] == ["named"] + (
+            ["numbered"] if split_of(5) == "heldout" else [])
+    finally:
+        await log.close()
+
+
+async def _execute(log: object, statements: list[str]) -> None:
+    engine = log._engine  # type: ignore[attr-defined]
+    async with engine.begin() as conn:
+        for stmt in statements:
+            await conn.exec_driver_sql(stmt)

@@ -10,16 +10,16 @@ from branchpoint.store.events import EventHead
 from branchpoint.store.tree import apply, fold, new_tree
 
 HEADS = [
-    EventHead(1, "node_created", "r", None, None, None, None),
-    EventHead(2, "node_created", "a", "r", None, None, None),
-    EventHead(3, "action_executed", "a", None, False, None, None),
-    EventHead(4, "node_created", "b", "r", None, None, None),
-    EventHead(5, "node_created", "a1", "a", None, None, None),
-    EventHead(6, "action_executed", "a1", None, True, None, None),
-    EventHead(7, "score_assigned", "a1", None, None, 0.5, "checker"),
-    EventHead(8, "score_assigned", "a1", None, None, 0.75, "checker"),
-    EventHead(9, "score_assigned", "b", None, None, 0.2, "judge"),
-    EventHead(10, "tree_closed", None, "done", None, None, None),
+    EventHead(1, "node_created", "r", None, None, None, None, None),
+    EventHead(2, "node_created", "a", "r", None, None, None, None),
+    EventHead(3, "action_executed", "a", None, False, None, None, None),
+    EventHead(4, "node_created", "b", "r", None, None, None, None),
+    EventHead(5, "node_created", "a1", "a", None, None, None, None),
+    EventHead(6, "action_executed", "a1", None, True, None, None, None),
+    EventHead(7, "score_assigned", "a1", None, None, 0.5, "checker", None),
+    EventHead(8, "score_assigned", "a1", None, None, 0.75, "checker", None),
+    EventHead(9, "score_assigned", "b", None, None, 0.2, "judge", None),
+    EventHead(10, "tree_closed", None, None, None, None, None, "done"),
 ]
 
 
@@ -59,16 +59,16 @@ def test_plain_tuples_fold_like_event_heads():
 
 def test_an_unknown_event_type_is_an_error_not_a_skip():
     with pytest.raises(InvalidEvent, match="unknown event type"):
-        fold("t", [*HEADS[:1], EventHead(2, "node_deleted", "r", None, None, None, None)])
+        fold("t", [*HEADS[:1], EventHead(2, "node_deleted", "r", None, None, None, None, None)])
 
 
 def test_an_event_for_a_missing_node_is_an_error():
     with pytest.raises(InvalidEvent, match="'zz'"):
-        fold("t", [*HEADS[:1], EventHead(2, "node_created", "x", "zz", None, None, None)])
+        fold("t", [*HEADS[:1], EventHead(2, "node_created", "x", "zz", None, None, None, None)])
     with pytest.raises(InvalidEvent, match="'x'"):
-        fold("t", [*HEADS[:1], EventHead(2, "score_assigned", "x", None, None, 1.0, "c")])
+        fold("t", [*HEADS[:1], EventHead(2, "score_assigned", "x", None, None, 1.0, "c", None)])
 
 
 def test_a_node_created_twice_is_an_error():
     with pytest.raises(InvalidEvent, match="twice"):
-        fold("t", [*HEADS[:2], EventHead(3, "node_created", "a", "r", None, None, None)])
+        fold("t", [*HEADS[:2], EventHead(3, "node_created", "a", "r", None, None, None, None)])

@@ -151,7 +151,7 @@ function route() {
 // --- the list of trees ---------------------------------------------------------------------
 
 const FILTERS = [
-  ["q", "search", "text"], ["env", "env", "text"], ["task_id", "task", "text"],
+  ["q", "search", "text"], ["env", "env", "text"], ["task", "task", "text"],
   ["origin", "origin", "text"], ["min_value", "min value", "number"],
   ["max_value", "max value", "number"],
 ];

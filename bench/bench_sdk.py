@@ -1,0 +1,185 @@
+"""What recording with the SDK costs an agent, and how fast it stores.
+
+1. Per-step cost in the agent's thread: a loop that records a step (``t.step(action,
+   observation)``) and then spends 1 ms elsewhere (sleeping, as an agent waiting on its
+   model does), each ``t.step`` timed with ``perf_counter_ns``; median and 99th percentile
+   against the same loop with recording off (the same call to a function that does
+   nothing). Targets: added median < 10 us, added p99 < 100 us.
+2. End-to-end throughput into a local SQLite file: the events of ``bench_ingest.py``
+   (trees of branching 3 and depth 3) recorded through the SDK's API, from the first call to
+   ``flush()`` returning, against the plain ``json`` + ``sqlite3`` ``executemany`` script of
+   ``bench_ingest.py`` on the same events; both timed inside their own processes. Target:
+   ratio >= 0.5.
+
+    .venv/bin/python bench/bench_sdk.py [--steps N] [--events N] [--runs N]
+
+Exits 1 when a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _data import events_per_tree, synthetic_events, write_jsonl
+from bench_ingest import BASELINE
+
+STEP_MEDIAN_US, STEP_P99_US, RATIO = 10.0, 100.0, 0.5
+
+ACTION = {"role": "assistant", "content": "Let me read the file.", "tool_calls": [{
+    "id": "call_1", "type": "function",
+    "function": {"name": "read_file", "arguments": '{"path": "src/app.py"}'}}]}
+OBSERVATION = [{"role": "tool", "tool_call_id": "call_1", "content": "def main(): ..."}]
+
+
+def step_loop(steps: int, record: bool, db: Path) -> list[int]:
+    """Nanoseconds of each step call; a new trajectory every 50 steps."""
+    from branchpoint.sdk import Recorder
+
+    rec = Recorder(f"sqlite:///{db}") if record else None
+    times: list[int] = []
+    t: Any = None
+    clock = time.perf_counter_ns
+    for i in range(steps):
+        if i % 50 == 0:
+            if t is not None:
+                t.close()
+            t = rec.trajectory("Fix the bug in src/app.py", env="bench", task_id=i) \
+                if rec is not None else _Off()
+        t0 = clock()
+        t.step(ACTION, OBSERVATION)
+        times.append(clock() - t0)
+        time.sleep(0.001)  # the agent waits on its model
+    if rec is not None:
+        t.close()
+        assert rec.flush(timeout=120)
+        s = rec.stats()
+        assert s.dropped == 0 and s.errors == 0 and s.dead_lettered == 0, s
+        rec.close()
+    return times
+
+
+class _Off:
+    """Recording off: the same call, doing nothing."""
+
+    def step(self, action: Any, observation: Any) -> str:
+        return ""
+
+    def close(self) -> None:
+        pass
+
+
+def replay(src: Path, db: Path) -> None:
+    """Record the events of ``src`` through the SDK into ``db``; print count and seconds."""
+    from branchpoint.store.events import decode_event
+
+    trees: list[list[Any]] = []
+    with src.open("rb") as fh:
+        for line in fh:
+            ev = decode_event(line)
+            if ev.payload.__class__.__name__ == "NodeCreated" and ev.payload.parent_id is None:
+                trees.append([])
+            trees[-1].append(ev.payload)
+    t0 = time.perf_counter()
+    from branchpoint.sdk import Recorder
+
+    rec = Recorder(f"sqlite:///{db}", origin="bench")
+    for payloads in trees:
+        root = payloads[0]
+        task = dict(root.task)
+        t = rec.trajectory(root.messages, env=task.pop("env"), task_id=task.pop("task_id"),
+                           tools=root.tools, **task)
+        ids = {"root": "root"}
+        for p in payloads[1:]:
+            kind = p.__class__.__name__
+            if kind == "NodeCreated":
+                ids[p.node_id] = t.fork(ids[p.parent_id]).step(p.action,
+                                                               produced_by=p.produced_by)
+            elif kind == "ActionExecuted":
+                t.observe(p.observation, done=p.done, node=ids[p.node_id],
+                          latency_ms=p.latency_ms)
+            elif kind == "ScoreAssigned":
+                t.score(p.value, source=p.source, node=ids[p.node_id])
+            else:
+                t.close(p.reason)
+    assert rec.flush(timeout=600)
+    elapsed = time.perf_counter() - t0
+    s = rec.stats()
+    rec.close()
+    print(json.dumps({"events": s.sent, "seconds": elapsed, "errors": s.errors,
+                      "dead_lettered": s.dead_lettered, "dropped": s.dropped}))
+
+
+def pct(xs: list[int], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] / 1000
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=100_000)
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--runs", type=int, default=3, help="best of N throughput runs")
+    ap.add_argument("--replay", nargs=2, type=Path, metavar=("SRC", "DB"),
+                    help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.replay:
+        replay(*args.replay)
+        return 0
+
+    work = Path(tempfile.mkdtemp(prefix="bp-bench-sdk-"))
+    ok = True
+    try:
+        if args.steps:
+            off = step_loop(args.steps, False, work / "off.db")
+            on = step_loop(args.steps, True, work / "on.db")
+            med = statistics.median(on) / 1000 - statistics.median(off) / 1000
+            p99 = pct(on, 0.99) - pct(off, 0.99)
+            print(f"per step ({args.steps:,} steps, 1 ms elsewhere each):")
+            print(f"  recording off: median {statistics.median(off) / 1000:6.2f} us  "
+                  f"p99 {pct(off, 0.99):6.2f} us")
+            print(f"  recording on:  median {statistics.median(on) / 1000:6.2f} us  "
+                  f"p99 {pct(on, 0.99):6.2f} us  max {max(on) / 1000:8.1f} us")
+            print(f"  added: median {med:.2f} us (target < {STEP_MEDIAN_US}), "
+                  f"p99 {p99:.2f} us (target < {STEP_P99_US})")
+            ok &= med < STEP_MEDIAN_US and p99 < STEP_P99_US
+
+        if args.events:
+            src = work / "events.jsonl"
+            n_trees = -(-args.events // events_per_tree(3, 3))
+            n = write_jsonl(src, synthetic_events(n_trees, 3, 3, seed=1))
+            base_s, ours_s = [], []
+            for run in range(args.runs):
+                out = subprocess.run([sys.executable, "-c", BASELINE, str(src),
+                                      str(work / f"baseline{run}.db")],
+                                     check=True, capture_output=True, text=True).stdout.split()
+                assert int(out[0]) == n, out
+                base_s.append(float(out[1]))
+                res = json.loads(subprocess.run(
+                    [sys.executable, __file__, "--replay", str(src),
+                     str(work / f"sdk{run}.db")],
+                    check=True, capture_output=True, text=True).stdout)
+                assert res["events"] == n and not res["dropped"] and not res["errors"], res
+                ours_s.append(res["seconds"])
+            base, ours = n / min(base_s), n / min(ours_s)
+            print(f"throughput ({n:,} events, best of {args.runs}):")
+            print(f"  baseline json+sqlite3: {base:10,.0f} events/s")
+            print(f"  SDK into SQLite:       {ours:10,.0f} events/s (record to flush)")
+            print(f"  ratio {ours / base:.2f} (target >= {RATIO})")
+            ok &= ours / base >= RATIO
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""``branchpoint sample``: grow trees of fresh tasks with a model behind an OpenAI-compatible
+endpoint, score their leaves, and store every step as it happens."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+
+from branchpoint.cli.main import DbOption, fail
+from branchpoint.store.errors import BranchpointError, EndpointUnusable
+
+
+class Strategy(StrEnum):
+    tree = "tree"
+    branch_rollout = "branch-rollout"
+    episodes = "episodes"
+
+
+class ActionFormat(StrEnum):
+    auto = "auto"
+    text = "text"
+    tools = "tools"
+
+
+class Split(StrEnum):
+    train = "train"
+    validation = "validation"
+    heldout = "heldout"
+
+
+def parse_tasks(spec: str, split: str) -> list[int]:
+    """``N`` (the first N task ids of the split) or ``START:END`` (ids in that range that
+    fall in the split, END excluded).
+
+    Raises:
+        ValueError: the spec is neither.
+    """
+    from branchpoint.sampler.envs.base import split_of, tasks_in_split
+
+    text = spec.strip()
+    if ":" in text:
+        a, _, b = text.partition(":")
+        try:
+            start, end = int(a or 0), int(b)
+        except ValueError:
+            raise ValueError(f"--tasks {spec!r}: a range is START:END of integers") from None
+        if start < 0 or end < start:
+            raise ValueError(f"--tasks {spec!r}: need 0 <= START <= END")
+        return [t for t in range(start, end) if split_of(t) == split]
+    try:
+        count = int(text)
+    except ValueError:
+        raise ValueError(f"--tasks {spec!r}: give a count N or a range START:END") from None
+    if count < 1:
+        raise ValueError(f"--tasks {spec!r}: the count must be at least 1")
+    return tasks_in_split(split, count)  # type: ignore[arg-type]
+
+
+def parse_options(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; the value read as JSON when it parses, else as a string.
+
+    Raises:
+        ValueError: an item without ``=``.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option {item!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _line(stats: Any) -> str:
+    rate = stats.completion_tokens / stats.seconds if stats.seconds > 0 else 0.0
+    errors = sum(stats.errors.values())
+    return (f"trees {stats.trees_done}/{stats.trees_total} done, {stats.trees_running} "
+            f"running; nodes {stats.nodes}; leaves {stats.leaves}; requests "
+            f"{stats.requests}; {rate:.0f} tokens/s; errors {errors}")
+
+
+async def _progress(stats: Any, done: asyncio.Event, tty: bool) -> None:
+    """A live line on a terminal; a plain line every 10 s otherwise."""
+    if tty:
+        from rich.live import Live
+
+        with Live(_line(stats), refresh_per_second=4, transient=True) as live:
+            while not done.is_set():
+                live.update(_line(stats))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), 0.25)
+        return
+    while not done.is_set():
+        try:
+            await asyncio.wait_for(done.wait(), 10.0)
+        except TimeoutError:
+            print(_line(stats), file=sys.stderr, flush=True)
+
+
+async def _run(db: str, config: Any, base_url: str, *, action_format: str, quiet: bool,
+               api_key: str) -> int:
+    from branchpoint.sampler.envs.registry import make_env
+    from branchpoint.sampler.grow import RunStats, run_name, sample_run
+    from branchpoint.sampler.policy import ChatPolicy
+    from branchpoint.store.exports import ExportOptions, compute_stats
+    from branchpoint.store.log import open_log
+
+    policy = ChatPolicy(base_url, config.model, config.sampling, api_key=api_key)
+    try:
+        # Everything that can be refused is checked before the store is touched.
+        info = await policy.check()
+        probe = make_env(config.env, config.tasks[0], **config.options)
+        try:
+            opening = probe.reset()
+        finally:
+            probe.close()
+        use_tools = False
+        if opening.tools and action_format != "text":
+            use_tools = await policy.accepts_tools(opening.messages, opening.tools)
+            if not use_tools and action_format == "tools":
+                raise EndpointUnusable(
+                    "the endpoint refuses tools (start vLLM with a tool-call parser, "
+                    "e.g. `branchpoint serve-model MODEL --tool-call-parser hermes`), "
+                    "or use --action-format text", kind="no_tools")
+        run = config.run or run_name(config)
+        typer.echo(f"run {run}: {len(config.tasks)} {config.env} tasks, strategy "
+                   f"{config.strategy}, actions as {'tools' if use_tools else 'text'}, "
+                   f"model {info.model} (context {info.max_model_len})", err=True)
+        log = await open_log(db)
+        try:
+            stats = RunStats()
+            done = asyncio.Event()
+            shown = asyncio.create_task(_progress(stats, done, sys.stderr.isatty() and
+                                                  not quiet)) if not quiet else None
+            try:
+                outcomes = await sample_run(config, policy, log, use_tools=use_tools,
+                                            stats=stats)
+            finally:
+                done.set()
+                if shown is not None:
+                    await shown
+            ids = {o.tree_id for o in outcomes}
+            pairs = None
+            try:
+                report = await compute_stats(log, ExportOptions())
+                pairs = getattr(report, "pairs", None)
+            except BranchpointError:
+                pairs = None
+            _summary(stats, outcomes, pairs, len(ids))
+        finally:
+            await log.close()
+    finally:
+        await policy.close()
+    return 0
+
+
+def _summary(stats: Any, outcomes: list[Any], pairs: Any, trees: int) -> None:
+    closed = ", ".join(f"{k} {v}" for k, v in sorted(stats.closed.items())) or "none"
+    errors = ", ".join(f"{k} {v}" for k, v in sorted(stats.errors.items())) or "none"
+    rate = stats.completion_tokens / stats.seconds if stats.seconds > 0 else 0.0
+    typer.echo(f"trees: {trees} ({stats.trees_done - stats.trees_skipped} sampled, "
+               f"{stats.trees_resumed} resumed, {stats.trees_skipped} already closed); "
+               f"closed: {closed}")
+    typer.echo(f"nodes: {stats.nodes} new; leaves: {stats.leaves}; requests: "
+               f"{stats.requests}; completion tokens: {stats.completion_tokens} "
+               f"({rate:.0f}/s); wall time: {stats.seconds:.1f} s")
+    if pairs is not None:
+        typer.echo(f"pairs in the store: {pairs}")
+    typer.echo(f"errors: {errors}")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def sample(  # noqa: PLR0917 - Typer reads options from the parameters
+        env: Annotated[str, typer.Option("--env", help="Environment name or module:Class.")],
+        tasks: Annotated[str, typer.Option(
+            "--tasks", help="N (the first N task ids of the split) or START:END.")],
+        base_url: Annotated[str, typer.Option(
+            "--base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1.")],
+        model: Annotated[str, typer.Option("--model", help="Served model name.")],
+        db: DbOption,
+        branching: Annotated[int, typer.Option("--branching", min=1,
+                                               help="Candidates per branching node (n).")
+                             ] = 2,
+        depth: Annotated[int, typer.Option("--depth", min=0,
+                                           help="Branching depth.")] = 3,
+        strategy: Annotated[Strategy, typer.Option("--strategy")] = Strategy.tree,
+        rollouts: Annotated[int, typer.Option(
+            "--rollouts", min=0, help="Continuations of every candidate to the end.")] = 0,
+        concurrency: Annotated[int, typer.Option("--concurrency", min=1)] = 4,
+        temperature: Annotated[float, typer.Option("--temperature", min=0.0)] = 0.7,
+        top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)] = 1.0,
+        max_tokens: Annotated[int, typer.Option("--max-tokens", min=1,
+                                                help="Per request.")] = 256,
+        tree_node_budget: Annotated[int | None, typer.Option("--tree-node-budget", min=1)
+                                    ] = None,
+        tree_token_budget: Annotated[int | None, typer.Option("--tree-token-budget", min=1)
+                                     ] = None,
+        run_token_budget: Annotated[int | None, typer.Option("--run-token-budget", min=1)
+                                    ] = None,
+        seed: Annotated[int | None, typer.Option("--seed")] = None,
+        action_format: Annotated[ActionFormat, typer.Option(
+            "--action-format", help="auto: tool calls when the server takes them, else "
+                                    "text commands.")] = ActionFormat.auto,
+        option: Annotated[list[str] | None, typer.Option(
+            "--option", help="Environment option KEY=VALUE (JSON value, else a string); "
+                             "repeatable.")] = None,
+        split: Annotated[Split, typer.Option("--split")] = Split.train,
+        run: Annotated[str | None, typer.Option(
+            "--run", help="Run name (default: a hash of the settings that shape a tree).")
+        ] = None,
+        api_key: Annotated[str, typer.Option("--api-key", envvar="OPENAI_API_KEY")
+                           ] = "EMPTY",
+        quiet: Annotated[bool, typer.Option("--quiet", help="No progress display.")
+                         ] = False,
+    ) -> None:
+        """Grow trees of fresh tasks with a served model; every step is stored as it
+        happens, leaves are scored with the environment's check; a run started again with
+        the same arguments resumes."""
+        from branchpoint.sampler.envs.registry import get_env
+        from branchpoint.sampler.grow import SampleConfig
+        from branchpoint.sampler.policy import Sampling
+
+        try:
+            get_env(env)
+            task_ids = parse_tasks(tasks, split.value)
+            options = parse_options(option or [])
+        except (ValueError, LookupError) as exc:
+            raise fail(str(exc)) from None
+        if not task_ids:
+            raise fail(f"--tasks {tasks!r} holds no {split.value} task")
+        if "/" in (run or ""):
+            raise fail("--run must not contain '/'")
+        config = SampleConfig(
+            env=env, tasks=task_ids, model=model, branching=branching, depth=depth,
+            strategy=strategy.value,
+            rollouts=rollouts, concurrency=concurrency,
+            sampling=Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                              seed=seed),
+            split=split.value, options=options,
+            action_format=action_format.value,
+            tree_node_budget=tree_node_budget, tree_token_budget=tree_token_budget,
+            run_token_budget=run_token_budget, run=run)
+        started = time.monotonic()
+        try:
+            asyncio.run(_run(db, config, base_url, action_format=action_format.value,
+                             quiet=quiet, api_key=api_key))
+        except EndpointUnusable as exc:
+            raise fail(f"{exc} (nothing was stored)") from None
+        except BranchpointError as exc:
+            raise fail(str(exc)) from None
+        except KeyboardInterrupt:
+            typer.echo(f"interrupted after {time.monotonic() - started:.1f} s; run the same "
+                       "command again to resume", err=True)
+            raise typer.Exit(130) from None

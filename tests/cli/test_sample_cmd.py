@@ -1,0 +1,105 @@
+"""``branchpoint sample`` end to end against a scripted endpoint (a real local HTTP server)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from branchpoint.cli.main import app
+from branchpoint.cli.sample import parse_options, parse_tasks
+from branchpoint.sampler.envs.base import split_of, tasks_in_split
+from branchpoint.store.log import open_log
+from tests.sampler.scripted_endpoint import ScriptedEndpoint, error
+
+runner = CliRunner()
+
+
+def submit(body: dict[str, Any]) -> Any:
+    return [{"content": "submit"}] * body["n"]
+
+
+def args(db: Path, url: str, *extra: str) -> list[str]:
+    return ["sample", "--env", "fs", "--tasks", "2", "--base-url", url, "--model", "tiny",
+            "--branching", "2", "--depth", "2", "--db", f"sqlite:///{db}", "--quiet", *extra]
+
+
+def tree_ids(db: Path) -> list[str]:
+    async def go() -> list[str]:
+        log = await open_log(f"sqlite:///{db}")
+        try:
+            return [t.tree_id for t in await log.list_trees()]
+        finally:
+            await log.close()
+
+    return asyncio.run(go())
+
+
+def test_sample_grows_and_closes_one_tree_per_task_and_prints_a_summary(tmp_path: Path) -> None:
+    db = tmp_path / "bp.db"
+    with ScriptedEndpoint(submit) as ep:
+        result = runner.invoke(app, args(db, ep.base_url, "--run", "r1", "--option",
+                                         "max_steps=5"))
+        assert result.exit_code == 0, result.output
+        assert "trees: 2 (2 sampled" in result.output
+        assert "closed: done 2" in result.output
+        again = runner.invoke(app, args(db, ep.base_url, "--run", "r1", "--option",
+                                        "max_steps=5"))
+    assert again.exit_code == 0, again.output
+    assert "2 already closed" in again.output
+    assert sorted(tree_ids(db)) == sorted(f"r1/fs/{t}" for t in tasks_in_split("train", 2))
+    sampled = [r for r in ep.requests if r["n"] == 2]  # not the tools probes (n=1)
+    assert len(sampled) == 2  # the second run asked nothing
+
+
+def test_an_unreachable_endpoint_exits_1_before_storing_anything(tmp_path: Path) -> None:
+    db = tmp_path / "bp.db"
+    with ScriptedEndpoint(submit) as ep:
+        url = ep.base_url
+    result = runner.invoke(app, args(db, url))
+    assert result.exit_code == 1
+    assert "cannot reach" in result.output and "nothing was stored" in result.output
+    assert not db.exists() or tree_ids(db) == []
+
+
+def test_an_unknown_model_exits_1_naming_the_served_ones(tmp_path: Path) -> None:
+    db = tmp_path / "bp.db"
+    with ScriptedEndpoint(submit, model="other") as ep:
+        result = runner.invoke(app, args(db, ep.base_url))
+    assert result.exit_code == 1
+    assert "no model named 'tiny'" in result.output and "other" in result.output
+    assert not db.exists() or tree_ids(db) == []
+
+
+def test_tools_demanded_from_a_server_that_refuses_them_exits_1(tmp_path: Path) -> None:
+    db = tmp_path / "bp.db"
+
+    def strict(body: dict[str, Any]) -> Any:
+        return error(400, '"auto" tool choice requires --enable-auto-tool-choice') \
+            if body.get("tools") else submit(body)
+
+    with ScriptedEndpoint(strict) as ep:
+        refused = runner.invoke(app, args(db, ep.base_url, "--action-format", "tools"))
+        auto = runner.invoke(app, args(db, ep.base_url, "--run", "a"))
+    assert refused.exit_code == 1 and "refuses tools" in refused.output
+    assert auto.exit_code == 0 and "actions as text" in auto.output
+
+
+def test_task_specs_take_a_count_or_a_range_within_the_split() -> None:
+    first = parse_tasks("3", "train")
+    assert len(first) == 3 and all(split_of(t) == "train" for t in first)
+    ranged = parse_tasks("0:40", "heldout")
+    assert ranged == [t for t in range(40) if split_of(t) == "heldout"]
+    for bad in ("x", "0", "5:2", "a:b"):
+        with pytest.raises(ValueError, match="--tasks"):
+            parse_tasks(bad, "train")
+
+
+def test_options_are_json_when_they_parse_and_strings_otherwise() -> None:
+    assert parse_options(["max_steps=4", "difficulty=hard", "flags=[1,2]"]) == \
+        {"max_steps": 4, "difficulty": "hard", "flags": [1, 2]}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_options(["oops"])

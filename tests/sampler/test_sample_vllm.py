@@ -1,0 +1,120 @@
+"""``branchpoint sample`` against real vLLM (served by ``branchpoint serve-model`` on the
+project's own small model): both environments, tree and branch-rollout, tool mode through
+the hermes parser, and a run killed mid-way then resumed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from branchpoint.store.events import ActionExecuted, NodeCreated, ScoreAssigned, TreeClosed
+from branchpoint.store.log import open_log
+from tests.sampler.conftest import ServedModel
+
+pytestmark = pytest.mark.slow
+
+
+def _cli(*args: str) -> list[str]:
+    return [str(Path(sys.executable).with_name("branchpoint")), *args]
+
+
+def _sample(served: ServedModel, db: Path, *extra: str) -> list[str]:
+    return _cli("sample", "--base-url", served.base_url, "--model", served.name,
+                "--db", f"sqlite:///{db}", "--max-tokens", "12", "--seed", "1", *extra)
+
+
+async def _events(db: Path) -> dict[str, list[Any]]:
+    log = await open_log(f"sqlite:///{db}")
+    try:
+        out = {}
+        for t in await log.list_trees():
+            out[t.tree_id] = await log.read_tree(t.tree_id)
+        return out
+    finally:
+        await log.close()
+
+
+def _check_finished(trees: dict[str, list[Any]]) -> None:
+    """Every node ran once, every leaf has one checker score, every tree closed once."""
+    for tree_id, events in trees.items():
+        created = [e.payload for e in events if isinstance(e.payload, NodeCreated)]
+        ran = Counter(e.payload.node_id for e in events if isinstance(e.payload, ActionExecuted))
+        scores = Counter(e.payload.node_id for e in events
+                         if isinstance(e.payload, ScoreAssigned))
+        closed = [e.payload for e in events if isinstance(e.payload, TreeClosed)]
+        children = Counter(p.parent_id for p in created if p.parent_id)
+        steps = [p for p in created if p.parent_id]
+        assert len(closed) == 1, tree_id
+        assert all(ran[p.node_id] == 1 for p in steps), tree_id
+        leaves = [p.node_id for p in steps if children[p.node_id] == 0]
+        assert leaves and all(scores[n] == 1 for n in leaves), tree_id
+        assert all(p.produced_by["token_ids"] for p in steps), tree_id
+
+
+def test_tree_sampling_in_tool_mode_on_fs(served_model: ServedModel, tmp_path: Path) -> None:
+    db = tmp_path / "fs.db"
+    out = subprocess.run(_sample(served_model, db, "--env", "fs", "--tasks", "2",
+                                 "--branching", "2", "--depth", "2",
+                                 "--action-format", "tools"),
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "actions as tools" in out.stderr
+    trees = asyncio.run(_events(db))
+    assert len(trees) == 2
+    _check_finished(trees)
+    root = next(e.payload for e in next(iter(trees.values()))
+                if isinstance(e.payload, NodeCreated) and e.payload.parent_id is None)
+    assert root.task["action_format"] == "tools" and root.tools
+
+
+def test_branch_rollout_in_text_mode_on_shop(served_model: ServedModel, tmp_path: Path) -> None:
+    db = tmp_path / "shop.db"
+    out = subprocess.run(_sample(served_model, db, "--env", "shop", "--tasks", "1",
+                                 "--strategy", "branch-rollout", "--branching", "2",
+                                 "--depth", "2", "--action-format", "text",
+                                 "--option", "max_steps=3"),
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
+    trees = asyncio.run(_events(db))
+    _check_finished(trees)
+    (events,) = trees.values()
+    lines = Counter((e.payload.meta or {}).get("line") for e in events
+                    if isinstance(e.payload, NodeCreated) and e.payload.parent_id)
+    assert lines["main"] >= 1 and lines["rollout"] >= 1
+
+
+def test_a_killed_run_resumes_and_finishes_without_recreating_anything(
+        served_model: ServedModel, tmp_path: Path) -> None:
+    db = tmp_path / "kill.db"
+    cmd = _sample(served_model, db, "--env", "fs", "--tasks", "3", "--branching", "2",
+                  "--depth", "3", "--concurrency", "2", "--option", "max_steps=3")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    # Kill it once some steps are stored and before it is finished.
+    while time.monotonic() < deadline and proc.poll() is None:
+        if db.exists():
+            trees = asyncio.run(_events(db))
+            if sum(len(v) for v in trees.values()) >= 8:
+                break
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=0.2)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    before = {e.event_id for v in asyncio.run(_events(db)).values() for e in v}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
+    trees = asyncio.run(_events(db))
+    after = {e.event_id for v in trees.values() for e in v}
+    assert before < after
+    _check_finished(trees)
+    assert "resumed" in out.stdout
