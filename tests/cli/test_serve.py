@@ -152,3 +152,19 @@ def test_several_workers_share_one_postgresql_store(pg_url: str) -> None:  # noq
         assert totals == {6}
         started = [line for line in server.lines if re.search(r"Started server process", line)]
         assert len(started) == 2, server.lines
+
+
+def test_the_served_app_mounts_the_mcp_endpoint_behind_the_token() -> None:
+    from litestar.testing import TestClient
+
+    from branchpoint.cli.app import ServeConfig, build_app
+
+    hello = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+             "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                        "clientInfo": {"name": "test", "version": "1"}}}
+    headers = {"accept": "application/json, text/event-stream"}
+    with TestClient(build_app("memory://", ServeConfig(token=TOKEN))) as c:
+        assert c.post("/mcp", json=hello, headers=headers).status_code == 401
+        r = c.post("/mcp", json=hello,
+                   headers={**headers, "Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 200 and '"serverInfo"' in r.text
