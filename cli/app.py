@@ -27,7 +27,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from litestar import Litestar, Request, Response
 from litestar.di import Provide
@@ -202,7 +202,8 @@ def parts(config: ServeConfig) -> tuple[list[ControllerRouterHandler], dict[str,
 
     routes: list[ControllerRouterHandler] = []
     mounts: dict[str, ASGIApp] = {}
-    mounts["/mcp"] = mcp_mount(config)
+    # mcp_mount's config protocol declares settable attributes; ServeConfig is frozen
+    mounts["/mcp"] = cast("ASGIApp", mcp_mount(config))  # type: ignore[arg-type]
     return routes, mounts
 
 
