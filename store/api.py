@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -86,6 +86,8 @@ class BadEvent(msgspec.Struct, omit_defaults=True):
     event_id: str | None = None
     field: str | None = None
     dependent: bool = False
+    depends_on: str | None = None
+    conflict: bool = False
 
 
 class ErrorBody(msgspec.Struct, omit_defaults=True):
@@ -353,15 +355,17 @@ def _split(body: bytes, content_type: str) -> list[tuple[bytes, int | None]]:
 
 
 def _decode_batch(body: bytes, content_type: str
-                  ) -> tuple[list[Event], list[int], list[BadEvent]]:
-    """Every event decoded and normalized, or every reason it was not; events that refer
+                  ) -> tuple[list[Event], list[int | None], list[BadEvent]]:
+    """The events decoded and normalized, the JSON Lines line of each position in the
+    batch (None for an array), and every reason an event was refused; events that refer
     to a refused event's node are refused too, as ``dependent``."""
     parts = _split(body, content_type)
+    source_lines = [line for _, line in parts]
     events: list[Event] = []
-    lines: list[int] = []
     bad: list[BadEvent] = []
     refused_nodes: dict[tuple[str, str], int] = {}
     refs: list[tuple[int, Event]] = []
+    ids: dict[int, str | None] = {}  # event ids of the refused, by position
     for i, (raw, line) in enumerate(parts):
         try:
             ev = normalize(decode_event(raw, line=line or i + 1))
@@ -371,9 +375,9 @@ def _decode_batch(body: bytes, content_type: str
                                 field=exc.field, reason=exc.reason))
             if tree_id is not None and node_id is not None and created:
                 refused_nodes.setdefault((tree_id, node_id), i)
+            ids[i] = exc.event_id or event_id
             continue
         events.append(ev)
-        lines.append(i + 1)
         refs.append((i, ev))
     if bad:
         # A refused node drags down what hangs on it: its children (transitively), and
@@ -391,6 +395,7 @@ def _decode_batch(body: bytes, content_type: str
                 if cause is not None:
                     dependent.add(i)
                     changed = True
+                    ids[i] = ev.event_id
                     if ev.node_id is not None and ev.type == "node_created":
                         refused_nodes.setdefault((ev.tree_id, ev.node_id), i)
                     bad.append(BadEvent(index=i, line=parts[i][1], event_id=ev.event_id,
@@ -398,9 +403,9 @@ def _decode_batch(body: bytes, content_type: str
                                         else "payload.node_id",
                                         reason=f"refused because the event at index {cause}, "
                                                f"which it depends on, was refused",
-                                        dependent=True))
+                                        dependent=True, depends_on=ids.get(cause)))
         bad.sort(key=lambda b: b.index)
-    return events, lines, bad
+    return events, source_lines, bad
 
 
 class _EventsOperation(Operation):
@@ -432,26 +437,45 @@ def _events_handler(max_body: int) -> Any:
                                        description="Neither JSON nor JSON Lines")})
     async def post_events(request: Request[Any, Any, Any], log: Log) -> AppendOut:
         body = await request.body()
-        events, lines, bad = _decode_batch(body, request.headers.get("content-type", ""))
+        events, source_lines, bad = _decode_batch(body,
+                                                  request.headers.get("content-type", ""))
         if bad:
             raise _error(400, f"{len(bad)} bad event(s); nothing of this batch was stored",
                          errors=msgspec.to_builtins(bad))
         try:
-            res = await log.append(events, lines=lines, normalized=True)
+            # positions in the batch (1-based) as the lines, mapped back in _refused
+            res = await log.append(events, lines=range(1, len(events) + 1), normalized=True)
         except ConflictingEvent as exc:
             raise _error(409, f"{exc}; nothing of this batch was stored",
-                         errors=[msgspec.to_builtins(_bad_of(exc))]) from None
+                         errors=msgspec.to_builtins(_refused(exc, source_lines))) from None
         except InvalidEvent as exc:
             raise _error(400, f"{exc}; nothing of this batch was stored",
-                         errors=[msgspec.to_builtins(_bad_of(exc))]) from None
+                         errors=msgspec.to_builtins(_refused(exc, source_lines))) from None
         return AppendOut(res.stored, res.duplicates, res.last_seq)
 
     return post_events
 
 
+def _refused(exc: InvalidEvent, source_lines: Sequence[int | None]) -> list[BadEvent]:
+    """Every refused event of a batch the store refused: the store's whole report where it
+    gives one (``problems``), else its first problem."""
+    problems = getattr(exc, "problems", None) or [exc]
+    out = []
+    for p in problems:
+        index = p.index if getattr(p, "index", None) is not None else (
+            p.line - 1 if p.line is not None else 0)
+        line = source_lines[index] if 0 <= index < len(source_lines) else None
+        depends_on = getattr(p, "depends_on", None)
+        out.append(BadEvent(index=index, line=line, event_id=p.event_id, field=p.field,
+                            reason=p.reason, dependent=depends_on is not None,
+                            depends_on=depends_on,
+                            conflict=bool(getattr(p, "conflict", False))
+                            or isinstance(p, ConflictingEvent)))
+    return out
+
+
 def _bad_of(exc: InvalidEvent) -> BadEvent:
-    return BadEvent(index=(exc.line - 1) if exc.line is not None else 0,
-                    event_id=exc.event_id, field=exc.field, reason=exc.reason)
+    return _refused(exc, ())[0]
 
 
 # --- trees ----------------------------------------------------------------------------------

@@ -105,6 +105,12 @@ def test_a_batch_breaking_a_store_rule_is_refused_whole(client: Any, log: Any) -
     (error,) = r.json()["errors"]
     assert error["event_id"] == "t-e4" and error["index"] == 3
     assert stored(log) == []
+    # in JSON Lines the report also names the line, blank lines counted
+    r = post(client, b"\n" + as_lines(b.events).replace(b"\n", b"\n\n", 1),
+             "application/jsonl")
+    assert r.status_code == 400
+    (error,) = r.json()["errors"]
+    assert (error["index"], error["line"], error["event_id"]) == (3, 6, "t-e4")
 
 
 def test_a_conflicting_resend_is_409_and_stores_nothing(client: Any, log: Any) -> None:
