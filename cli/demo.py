@@ -196,6 +196,13 @@ def register(app: typer.Typer) -> None:
         continue each candidate several times (--rollouts), record, print the stats (with
         the pair precision against the expert's own mistake labels) and write the DPO
         export, printing the export command that reproduces it (runs/expert)."""
+        from branchpoint.sampler.envs.registry import get_env
+
+        try:
+            for name in env or ():  # before anything is created
+                get_env(name)
+        except BranchpointError as exc:
+            raise fail(str(exc)) from None
         if policy is Policy.model:
             from branchpoint.train.deps import missing_train_modules, require_train
 
@@ -223,7 +230,6 @@ def register(app: typer.Typer) -> None:
                 raise fail(str(exc)) from None
             return
         from branchpoint.sampler.demo import DemoConfig
-        from branchpoint.sampler.envs.registry import get_env
 
         config = DemoConfig(envs=tuple(env or ("fs", "shop")), tasks=tasks, mistakes=mistakes,
                             branch_points=branch_points, branches=branches,
