@@ -213,7 +213,8 @@ def test_a_demo_that_fails_before_storing_anything_leaves_nothing_behind(here, e
 def test_a_failed_demo_keeps_a_database_it_did_not_create(here, db):
     before = (here / db).read_bytes()
     result = runner.invoke(app, ["demo", "--policy", "expert",
-                                 "--env", "tests.cli.test_first_use:NoExpert", "--db", db, "--out", "runs/x", "--tasks", "1", "--quiet"])
+                                 "--env", "tests.cli.test_first_use:NoExpert", "--db", db,
+                                 "--out", "runs/x", "--tasks", "1", "--quiet"])
     assert result.exit_code == 1
     assert (here / db).read_bytes() == before
     assert not (here / "runs").exists()
