@@ -379,18 +379,21 @@ def _events_handler(max_body: int) -> Any:
             res = await log.append(events, lines=lines, normalized=True)
         except ConflictingEvent as exc:
             raise _error(409, f"{exc}; nothing of this batch was stored",
-                         errors=[msgspec.to_builtins(_bad_of(exc))]) from None
+                         errors=_bads_of(exc)) from None
         except InvalidEvent as exc:
             raise _error(400, f"{exc}; nothing of this batch was stored",
-                         errors=[msgspec.to_builtins(_bad_of(exc))]) from None
+                         errors=_bads_of(exc)) from None
         return AppendOut(res.stored, res.duplicates, res.last_seq)
 
     return post_events
 
 
-def _bad_of(exc: InvalidEvent) -> BadEvent:
-    return BadEvent(index=(exc.line - 1) if exc.line is not None else 0,
-                    event_id=exc.event_id, field=exc.field, reason=exc.reason)
+def _bads_of(exc: InvalidEvent) -> list[Any]:
+    """Every event the store refused (``InvalidEvent.problems``), as wire ``errors``."""
+    return [msgspec.to_builtins(BadEvent(
+        index=p.index if p.index is not None else (p.line - 1 if p.line is not None else 0),
+        line=p.line, event_id=p.event_id, field=p.field, reason=p.reason,
+        dependent=p.depends_on is not None)) for p in exc.problems]
 
 
 # --- trees ----------------------------------------------------------------------------------
@@ -727,7 +730,7 @@ async def post_score(data: JSONBody[ScoreIn], log: Log) -> ScoreOut:
     try:
         res = await log.append([ev])
     except InvalidEvent as exc:
-        raise _error(400, str(exc), errors=[msgspec.to_builtins(_bad_of(exc))]) from None
+        raise _error(400, str(exc), errors=_bads_of(exc)) from None
     return ScoreOut(event_id, res.stored, res.last_seq)
 
 

@@ -101,8 +101,12 @@ def test_a_batch_breaking_a_store_rule_is_refused_whole(client: Any, log: Any) -
     b = TreeBuilder("t").root().step("a", "r").step("x", "missing-parent")
     r = post(client, as_array(b.events))
     assert r.status_code == 400
-    (error,) = r.json()["errors"]
+    # the whole batch is reported: the orphan, and its execution refused with it
+    error, dependent = r.json()["errors"]
     assert error["event_id"] == "t-e4" and error["index"] == 3
+    assert not error.get("dependent")
+    assert (dependent["event_id"], dependent["index"], dependent["dependent"]) == (
+        "t-e5", 4, True)
     assert stored(log) == []
 
 
