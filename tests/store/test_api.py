@@ -102,8 +102,12 @@ def test_a_batch_breaking_a_store_rule_is_refused_whole(client: Any, log: Any) -
     b = TreeBuilder("t").root().step("a", "r").step("x", "missing-parent")
     r = post(client, as_array(b.events))
     assert r.status_code == 400
-    (error,) = r.json()["errors"]
+    # the whole batch is reported: the orphan, and its execution refused with it
+    error, dependent = r.json()["errors"]
     assert error["event_id"] == "t-e4" and error["index"] == 3
+    assert not error.get("dependent")
+    assert (dependent["event_id"], dependent["index"], dependent["dependent"]) == (
+        "t-e5", 4, True)
     assert stored(log) == []
     # in JSON Lines the report also names the line, blank lines counted
     r = post(client, b"\n" + as_lines(b.events).replace(b"\n", b"\n\n", 1),
@@ -330,6 +334,10 @@ def test_an_export_of_one_tree_holds_only_its_pairs(filled: Any) -> None:
     rows = [json.loads(line) for line in r.text.splitlines()]
     assert len(rows) == 2 and {row["metadata"]["tree_id"] for row in rows} == {"run/shop/1"}
     assert filled.get("/v1/export/dpo", params={"tree": "none"}).content == b""
+    events = filled.get("/v1/export/events", params={"tree": "run/shop/1"})
+    assert events.status_code == 200
+    trees = {json.loads(line)["tree_id"] for line in events.text.splitlines()}
+    assert trees == {"run/shop/1"}
 
 
 def test_an_export_refuses_bad_options_before_its_first_byte(filled: Any) -> None:
