@@ -101,7 +101,7 @@ def register(app: typer.Typer) -> None:
             "--branches", min=1, help="Candidate next steps drawn at each fork.")] = 3,
         rollouts: Annotated[int, typer.Option(
             "--rollouts", min=1, help="Continuations of each candidate to the end: its "
-            "value is the mean of their scores.")] = 1,
+            "value is the mean of their scores.")] = 4,
         quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
     ) -> None:
         """Play training tasks with an erring expert, fork at several steps, continue each
