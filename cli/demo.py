@@ -178,7 +178,7 @@ def register(app: typer.Typer) -> None:
             "--branches", min=1, help="Candidate next steps drawn at each fork.")] = 3,
         rollouts: Annotated[int, typer.Option(
             "--rollouts", min=1, help="Continuations of each candidate to the end: its "
-            "value is the mean of their scores.")] = 1,
+            "value is the mean of their scores.")] = 4,
         engine: Annotated[str, typer.Option(
             "--engine", help="model: vllm (serve-model + sample, the default) or local "
             "(transformers in-process, where vLLM cannot run).")] = "vllm",
