@@ -165,7 +165,9 @@ def test_branch_replays_a_recorded_trajectory_and_leaves_a_diverging_one_alone(
     from tests.sampler.test_branch import read, recording, store
 
     db = tmp_path / "rec.db"
-    store(db, recording("rec/fs/2", 2, 3), recording("bad/fs/3", 3, 2, tamper=1))
+    # A step limit of 5 bounds the rollouts of an untrained model.
+    store(db, recording("rec/fs/2", 2, 3, max_steps=5),
+          recording("bad/fs/3", 3, 2, tamper=1, max_steps=5))
     before = read(db, "bad/fs/3")
     out = subprocess.run(_cli("branch", "--base-url", served_model.base_url, "--model",
                               served_model.name, "--db", f"sqlite:///{db}", "--max-tokens",
