@@ -82,7 +82,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_model(Path(tmp) / "bench-model", ModelSpec(demo_tasks=50))
-        server = ModelServer(ServeConfig(model=str(folder), port=0, max_model_len=4096,
+        server = ModelServer(ServeConfig(model=str(folder), port=0, max_model_len=2048,
                                          extra_args=["--no-enable-prefix-caching"]))
         t0 = time.perf_counter()
         url = server.start(log=sys.stderr)
