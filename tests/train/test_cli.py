@@ -112,3 +112,11 @@ def test_sft_then_dpo_on_exported_pairs_run_through_trl(tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(str(tmp_path / "dpo"))
+
+
+def test_the_model_demo_refuses_a_bad_engine_or_split_before_any_work(tmp_path: Path) -> None:
+    for argv in (["--engine", "gpu"], ["--eval-split", "train"], ["--env", "fs", "--env",
+                                                                   "shop"]):
+        result = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), *argv])
+        assert result.exit_code == 1, argv
+        assert not (tmp_path / "d").exists()
