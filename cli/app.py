@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,6 +127,23 @@ def _mount(path: str, mounted: ASGIApp) -> ControllerRouterHandler:
     return asgi(path, is_mount=True, copy_scope=True)(forward)
 
 
+def _mount_lifespans(mounts: Mapping[str, ASGIApp]
+                     ) -> list[Callable[[Litestar], AbstractAsyncContextManager[None]]]:
+    """A mounted app gets no lifespan events of its own; one that must start and stop
+    (the MCP endpoint's session manager) offers ``lifespan()``, run for the app's life."""
+    out: list[Callable[[Litestar], AbstractAsyncContextManager[None]]] = []
+    for mounted in mounts.values():
+        run = getattr(mounted, "lifespan", None)
+        if callable(run):
+            def lifespan(_app: Litestar, run: Callable[[], Any] = run
+                         ) -> AbstractAsyncContextManager[None]:
+                cm: AbstractAsyncContextManager[None] = run()
+                return cm
+
+            out.append(lifespan)
+    return out
+
+
 def create_app(
     log: EventLog | str,
     config: ServeConfig | None = None,
@@ -171,6 +189,7 @@ def create_app(
         route_handlers=handlers,
         on_startup=[open_store],
         on_shutdown=[close_store],
+        lifespan=_mount_lifespans(mounts or {}),
         dependencies={"config": Provide(lambda: config, sync_to_thread=False)},
         middleware=[security_middleware(config)],
         exception_handlers={

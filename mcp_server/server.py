@@ -125,6 +125,9 @@ def build_server(recorder: Recorder, *, name: str = "branchpoint") -> MCPServer:
     writes = ToolAnnotations(read_only_hint=False, destructive_hint=False,
                              idempotent_hint=False, open_world_hint=False)
     reads = ToolAnnotations(read_only_hint=True, open_world_hint=False)
+    # export reads the store; with path and overwrite it replaces a file in the export folder
+    exports = ToolAnnotations(read_only_hint=False, destructive_hint=True,
+                              idempotent_hint=True, open_world_hint=False)
 
     @srv.tool(annotations=writes)
     async def start_trajectory(
@@ -273,7 +276,7 @@ def build_server(recorder: Recorder, *, name: str = "branchpoint") -> MCPServer:
         with _tool_errors():
             return await recorder.list_trees(where, limit=limit)
 
-    @srv.tool(annotations=writes, description=(
+    @srv.tool(annotations=exports, description=(
         "Export training data as JSON Lines (one example per line, the same bytes as "
         "`branchpoint export`) from the trees the filters select (default: all). Returned "
         f"inline up to {recorder.inline_limit:,} bytes; a "
