@@ -58,7 +58,6 @@ Score nodes with score (0 = failed, 1 = fully done; leaves matter most) as soon 
 how well they went. get_tree shows a tree compactly; list_trees finds trees; export gives
 training data (dpo pairs come from forks whose branches scored differently)."""
 
-Text = Annotated[str, Field(min_length=1)]
 TreeId = Annotated[str, Field(min_length=1, description="The tree, as start_trajectory "
                                                         "returned it.")]
 Format = Literal["dpo", "steps", "sft", "trajectory-pairs", "stepwise"]
@@ -106,6 +105,8 @@ def _tool_errors() -> Iterator[None]:
         raise ToolError(f"the store cannot be reached: {exc}") from exc
     except (BranchpointError, ValueError) as exc:
         raise ToolError(str(exc)) from exc
+    except OSError as exc:  # writing an export file: permissions, a full disk
+        raise ToolError(f"could not write the export: {exc}") from exc
 
 
 def _dump(model: Any) -> dict[str, Any]:

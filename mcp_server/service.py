@@ -8,10 +8,12 @@ export) from the store's folds and export generators. The MCP layer
 (:mod:`branchpoint.mcp_server.server`) only maps arguments in and errors out, so every rule
 here is tested without a transport.
 
-Every write reads the tree, resumes a builder over it and appends what the builder made, in
-one batch: a refused call stores nothing. Node ids are ``mcp.K``; two processes that mint
-the same K at once collide on the event id, the store refuses the second batch, and it is
-retried from a fresh read (:data:`RETRIES`), so several server workers can share one store.
+Every write resumes a builder over the tree as stored and appends what the builder made, in
+one batch: a refused call stores nothing. The builder of a tree written lately is kept and
+reused while the tree's head count shows that nobody else wrote (a cheap read; otherwise
+the tree is read in full). Node ids are ``mcp.K``; two processes that mint the same K at
+once collide on the event id, the store refuses the second batch, and it is retried from a
+fresh read (:data:`RETRIES`), so several server workers can share one store.
 """
 
 from __future__ import annotations

@@ -358,6 +358,8 @@ async def test_export_writes_only_under_the_export_dir(
         await refused(client, log, "export", {"path": "link/outside.jsonl"}, "outside the export")
         await refused(client, log, "export", {"path": "runs"}, "is a folder")
         await refused(client, log, "export", {"path": "runs/steps.jsonl"}, "overwrite")
+        await refused(client, log, "export", {"path": "runs/steps.jsonl/x.jsonl"},
+                      "could not write the export")
         assert not outside.exists()
         assert sorted(p.name for p in tmp_path.iterdir()) == ["exports", *(
             ["mcp.db", "mcp.db-shm", "mcp.db-wal"] if not isinstance(log, MemoryEventLog)
