@@ -1,7 +1,7 @@
 """The MCP server: branchpoint's tools and tree resources on the official ``mcp`` SDK.
 
 :func:`build_server` registers seven tools and one resource template on an
-:class:`mcp.server.MCPServer` over a :class:`~branchpoint.mcp_server.service.Recorder`.
+:class:`mcp.server.MCPServer` over a :class:`~branchpoint.mcp_server.service.McpRecorder`.
 This layer is thin: typed arguments in (the SDK validates them against the schemas it
 derives from the annotations below), the recorder's result out as structured content, and
 every refusal turned into a tool error (``is_error``) whose text says what was wrong, so
@@ -28,7 +28,7 @@ from pydantic import Field
 
 from branchpoint.mcp_server import models as m
 from branchpoint.mcp_server.service import (
-    Recorder,
+    McpRecorder,
     RequestRefused,
     describe_invalid,
 )
@@ -120,7 +120,7 @@ def _dump(model: Any) -> dict[str, Any]:
     return d
 
 
-def build_server(recorder: Recorder, *, name: str = "branchpoint") -> MCPServer:
+def build_server(recorder: McpRecorder, *, name: str = "branchpoint") -> MCPServer:
     """An MCP server whose tools record into and read from ``recorder``'s log."""
     srv: MCPServer = MCPServer(name, instructions=INSTRUCTIONS, log_level="WARNING")
     writes = ToolAnnotations(read_only_hint=False, destructive_hint=False,
@@ -342,7 +342,7 @@ def build_server(recorder: Recorder, *, name: str = "branchpoint") -> MCPServer:
     return srv
 
 
-async def run_stdio(recorder: Recorder) -> None:
+async def run_stdio(recorder: McpRecorder) -> None:
     """Serve ``recorder`` over this process's stdin and stdout until stdin closes.
 
     While it runs, the SDK points fd 1 at stderr for everything but its own writer, so

@@ -1,6 +1,6 @@
 """What the MCP tools do, over an event log, with no MCP in sight.
 
-:class:`Recorder` is the adapter between an agent's tool calls and the store: it turns
+:class:`McpRecorder` is the adapter between an agent's tool calls and the store: it turns
 "I started this task", "I took this step and saw this", "I go back to that step", "that
 went well" into events written through the shared builder
 (:mod:`branchpoint.store.builder`), and answers reads (a tree in brief, a listing, an
@@ -45,7 +45,7 @@ from branchpoint.store.log import EventLog, TreeFilter
 from branchpoint.store.tree import fold
 from branchpoint.store.values import node_values
 
-__all__ = ["INLINE_LIMIT", "RETRIES", "WRITER", "Recorder", "RequestRefused", "tree_uri"]
+__all__ = ["INLINE_LIMIT", "RETRIES", "WRITER", "McpRecorder", "RequestRefused", "tree_uri"]
 
 #: The most bytes an export returns inline; larger ones must go to a file.
 INLINE_LIMIT: Final = 1_000_000
@@ -77,7 +77,7 @@ def _new_tree_id() -> str:
     return f"mcp-{uuid4().hex[:20]}"
 
 
-class Recorder:
+class McpRecorder:
     """The MCP tools' logic over one event log.
 
     ``export_dir`` is the one folder exports may be written under (None: writing files
