@@ -179,9 +179,12 @@ def wrap_openai(client: C, *, trajectory: Trajectory | None = None) -> C:
         return trajectory if trajectory is not None else current_trajectory.get()
 
     def prepare(kwargs: dict[str, Any]) -> dict[str, Any]:
-        # the history may be a one-shot iterable: read it once, hand the same list on
-        kwargs["messages"] = _messages(kwargs.get("messages") or [])
-        return {k: v for k, v in kwargs.items() if not k.startswith("extra_")}
+        """The request as recorded; the client still sends the agent's own messages (the
+        history may be a one-shot iterable: it is read once, and the same list sent)."""
+        sent = kwargs["messages"] = list(kwargs.get("messages") or [])
+        recorded = {k: v for k, v in kwargs.items() if not k.startswith("extra_")}
+        recorded["messages"] = _messages(sent)
+        return recorded
 
     if inspect.iscoroutinefunction(inspect.unwrap(original)):
         async def acreate(*args: Any, **kwargs: Any) -> Any:

@@ -17,7 +17,6 @@ import contextvars
 import logging
 import os
 import threading
-import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -88,10 +87,9 @@ class Recorder:
                                   overflow_size=overflow_size, batch_size=batch_size,
                                   linger_s=linger_s, backoff_s=backoff_s)
         self._closed = False
-        self._exit_timeout = exit_timeout_s
-        ref = weakref.ref(self)
-        self._atexit = lambda: (r := ref()) is not None and r.close(r._exit_timeout)
-        atexit.register(self._atexit)
+        # the pipeline, not the recorder: what an agent recorded and then let go of is
+        # still flushed at exit
+        atexit.register(self._pipeline.close, exit_timeout_s)
 
     def trajectory(self, messages: Sequence[Message] | str | None = None, *, env: str,
                    task_id: str | int, tools: Sequence[Message] | None = None,
@@ -149,7 +147,7 @@ class Recorder:
         if self._closed:
             return True
         self._closed = True
-        atexit.unregister(self._atexit)
+        atexit.unregister(self._pipeline.close)
         return self._pipeline.close(timeout)
 
     async def aclose(self, timeout: float | None = 10.0) -> bool:

@@ -152,9 +152,8 @@ class HttpSink:
             raise MissingDependency("recording to a server needs httpx: "
                                     "pip install 'branchpoint[sdk]'") from exc
         parts = urlsplit(url)
-        self.destination = urlunsplit((parts.scheme, parts.hostname or "" if parts.port is None
-                                       else f"{parts.hostname}:{parts.port}",
-                                       parts.path.rstrip("/"), "", ""))
+        netloc = parts.netloc.rpartition("@")[2]  # never credentials in a folder name
+        self.destination = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
         headers = {"content-type": "application/json"}
         if token:
             headers["authorization"] = f"Bearer {token}"

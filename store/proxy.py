@@ -40,7 +40,13 @@ from litestar.exceptions import HTTPException
 from litestar.response import Stream
 
 from branchpoint.store.builder import ROOT, TreeBuilder, make_task
-from branchpoint.store.calls import StreamAccumulator, choice_messages, place_call, produced_by
+from branchpoint.store.calls import (
+    StreamAccumulator,
+    choice_messages,
+    place_call,
+    produced_by,
+    split_history,
+)
 from branchpoint.store.errors import InvalidEvent, TreeNotFound
 from branchpoint.store.log import EventLog
 
@@ -135,10 +141,7 @@ class _Recorder:
                 b = await self.builder(store, tree_id)
                 history = [m for m in request.get("messages") or [] if isinstance(m, dict)]
                 if b.state.root is None:
-                    opening = [m for m in history if m.get("role") != "assistant"]
-                    first = next((i for i, m in enumerate(history)
-                                  if m.get("role") == "assistant"), len(history))
-                    b.root(opening[:first] or history[:1], make_task(env, task_id),
+                    b.root(split_history(history)[0] or history[:1], make_task(env, task_id),
                            tools=request.get("tools") or None, origin="proxy")
                 node, same_opening = place_call(b, history)
                 if not same_opening:
