@@ -60,6 +60,7 @@ def record_call(t: Trajectory, request: dict[str, Any], response: dict[str, Any]
     try:
         history = _messages(request.get("messages") or [])
         with t._lock:
+            t._materialize()  # the calls recorded before this one, in order
             b = t._builder
             if b.state.root is None:
                 t._open(split_history(history)[0] or history[:1],
@@ -72,6 +73,7 @@ def record_call(t: Trajectory, request: dict[str, Any], response: dict[str, Any]
             ids = [b.node(node, message, produced_by=produced_by(request, response, choice,
                                                                   via="openai-wrapper"))
                    for message, choice in choice_messages(response)]
+            t._known.update(b.state.nodes)  # what place_call added too
             t._rec._pipeline.put(b.take())
     except Exception as exc:
         t._rec._error(f"recording a chat completion in trajectory {t.tree_id!r}", exc)
