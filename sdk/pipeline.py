@@ -469,7 +469,8 @@ class Pipeline:
         """
         if not events:
             return
-        known_dead = refused_with_dependants(events, [], self._dead, self._dead_trees)
+        known_dead = refused_with_dependants(events, [], self._dead, self._dead_trees) \
+            if self._dead else {}
         if known_dead:
             self._dead_letter([(encode_event(events[i]), why)
                                for i, why in known_dead.items()])

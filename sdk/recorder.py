@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import contextvars
+import dataclasses
 import itertools
 import logging
 import os
@@ -152,8 +153,11 @@ class Recorder:
         return await asyncio.to_thread(self._materializer.flush, timeout)
 
     def stats(self) -> RecorderStats:
-        """Counts of queued, sent, spooled, re-sent, dead-lettered and dropped events."""
-        return self._pipeline.stats()
+        """Counts of queued, sent, spooled, re-sent, dead-lettered and dropped events;
+        ``queued`` also counts the calls not yet built into events."""
+        s = self._pipeline.stats()
+        pending = sum(len(t._ops) for t in set(self._materializer.dirty.copy()))  # atomic copy
+        return dataclasses.replace(s, queued=s.queued + pending) if pending else s
 
     def close(self, timeout: float | None = 10.0) -> bool:
         """Flush (bounded), then stop; what could not be sent stays in the spool for the
