@@ -55,4 +55,4 @@ def test_every_tree_records_its_split_and_options() -> None:
     for root in roots:
         task = root.payload.task  # type: ignore[attr-defined]
         assert task["split"] == "train"
-        assert task["difficulty"] == "easy"
+        assert task["options"]["difficulty"] == "easy"
