@@ -37,6 +37,7 @@ import msgspec
 from litestar import Request, Response, Router, post, route
 from litestar.background_tasks import BackgroundTask
 from litestar.exceptions import HTTPException
+from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 
 from branchpoint.store.builder import ROOT, TreeBuilder, make_task
@@ -382,18 +383,18 @@ def proxy_router(config: ProxyConfig) -> Router:
 
     @route("/{trajectory_id:str}/v1/{rest:path}", http_method=METHODS, status_code=200,
            include_in_schema=False)
-    async def forward(request: Request[Any, Any, Any], trajectory_id: str,
-                      rest: str) -> Response[Any]:
+    async def forward(request: Request[Any, Any, Any], trajectory_id: FromPath[str],
+                      rest: FromPath[str]) -> Response[Any]:
         return await proxy.forward(request, trajectory_id, rest)
 
     @post("/{trajectory_id:str}/score", status_code=200, summary="Score a proxied step")
-    async def score(request: Request[Any, Any, Any], trajectory_id: str,
-                    data: ScoreIn) -> dict[str, Any]:
+    async def score(request: Request[Any, Any, Any], trajectory_id: FromPath[str],
+                    data: JSONBody[ScoreIn]) -> dict[str, Any]:
         return await proxy.score(request, trajectory_id, data)
 
     @post("/{trajectory_id:str}/close", status_code=200, summary="Close a proxied tree")
-    async def close(request: Request[Any, Any, Any], trajectory_id: str,
-                    data: CloseIn | None = None) -> dict[str, Any]:
+    async def close(request: Request[Any, Any, Any], trajectory_id: FromPath[str],
+                    data: JSONBody[CloseIn | None] = None) -> dict[str, Any]:
         return await proxy.close(request, trajectory_id, data or CloseIn())
 
     return Router(path="/proxy", route_handlers=[forward, score, close],
