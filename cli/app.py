@@ -64,12 +64,15 @@ class ServeConfig:
     """How the server runs: ``token`` (None: no auth), ``max_body`` (bytes of a request
     body), ``stateless`` (several worker processes: nothing may keep per-process
     sessions, e.g. the MCP endpoint), ``export_dir`` (where the MCP endpoint may write
-    exports; None: nowhere). Plain values only: workers get it as JSON."""
+    exports; None: nowhere), ``upstream`` and ``upstream_key`` (the endpoint the recording
+    proxy forwards to, and its key). Plain values only: workers get it as JSON."""
 
     token: str | None = None
     max_body: int = DEFAULT_MAX_BODY
     stateless: bool = False
     export_dir: str | None = None
+    upstream: str | None = None  # the recording proxy's OpenAI-compatible endpoint
+    upstream_key: str | None = None
 
 
 def _public(path: str) -> bool:
@@ -199,8 +202,9 @@ def parts(config: ServeConfig) -> tuple[list[ControllerRouterHandler], dict[str,
     endpoint's ASGI app to ``mounts["/mcp"]``; ``config.stateless`` says whether several
     workers share the load)."""
     from branchpoint.mcp_server.http import mcp_mount
+    from branchpoint.store.proxy import proxy_part
 
-    routes: list[ControllerRouterHandler] = []
+    routes: list[ControllerRouterHandler] = [proxy_part(config)]
     mounts: dict[str, ASGIApp] = {}
     # mcp_mount's config protocol declares settable attributes; ServeConfig is frozen
     mounts["/mcp"] = cast("ASGIApp", mcp_mount(config))  # type: ignore[arg-type]

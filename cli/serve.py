@@ -71,6 +71,13 @@ def register(app: typer.Typer) -> None:
         insecure: Annotated[bool, typer.Option(
             "--insecure", help="Allow listening beyond loopback without a token.")] = False,
         log_level: Annotated[str, typer.Option("--log-level")] = "info",
+        upstream: Annotated[str | None, typer.Option(
+            "--upstream", help="OpenAI-compatible endpoint the recording proxy "
+            "(/proxy/TRAJECTORY_ID/v1) forwards to, e.g. http://127.0.0.1:8001.")] = None,
+        upstream_key: Annotated[str | None, typer.Option(
+            "--upstream-key", envvar="BRANCHPOINT_UPSTREAM_KEY", show_default=False,
+            help="API key sent to the upstream (default: $BRANCHPOINT_UPSTREAM_KEY).")
+        ] = None,
     ) -> None:
         """Serve the API (/v1, OpenAPI at /schema/openapi.json), the tree viewer (/) and
         the mounted parts with uvicorn."""
@@ -98,7 +105,9 @@ def register(app: typer.Typer) -> None:
             raise fail("--workers > 1 needs a shared store (PostgreSQL, or a SQLite file); "
                        "each worker would get its own memory:// log", 2)
         config = ServeConfig(token=token or None, max_body=limit, stateless=workers > 1,
-                             export_dir=str(export_dir) if export_dir else None)
+                             export_dir=str(export_dir) if export_dir else None,
+                             upstream=upstream.removesuffix("/v1") if upstream else None,
+                             upstream_key=upstream_key or None)
         typer.echo(f"serving {db} on http://{host}:{port}/ (workers: {workers}, "
                    f"token: {'yes' if token else 'no'})", err=True)
         if workers == 1:
