@@ -789,7 +789,7 @@ class _JsonlOperation(Operation):
      operation_class=_JsonlOperation, responses={**ERRORS, **NOT_FOUND})
 async def export(  # noqa: PLR0917 - every option is a query parameter
     log: Log,
-    fmt: Annotated[str, PathParameter(description="dpo, steps, sft, trajectory-pairs or stepwise")],
+    fmt: Annotated[str, PathParameter(description="One of: " + ", ".join(FORMATS))],
     opts: Options,
     where: Where,
     min_score: Annotated[float, QueryParameter(
