@@ -414,3 +414,24 @@ def test_stats_are_what_the_cli_prints(scenario_db: str, args: list[str]) -> Non
     with TestClient(create_app(scenario_db)) as c:
         r = c.get("/v1/stats", params={k.lstrip("-"): v for k, v in params.items()})
     assert r.json() == json.loads(result.stdout)
+
+
+def test_the_api_runs_on_each_sql_store(db_url: str) -> None:
+    events = ordinary(2)
+    with TestClient(create_app(db_url)) as c:
+        assert post(c, as_lines(events), "application/jsonl").json()["stored"] == len(events)
+        assert post(c, as_array(events)).json()["duplicates"] == len(events)
+        changed = msgspec.structs.replace(
+            events[5], payload=msgspec.structs.replace(events[5].payload, value=0.9))
+        assert post(c, as_array([*TreeBuilder("new").root().events, changed])
+                    ).status_code == 409
+        assert post(c, as_array(TreeBuilder("x").root().step("a", "nope").events)
+                    ).status_code == 400
+        assert c.get("/v1/stats").json()["trees"] == 2  # neither refused batch stored
+        assert c.get("/v1/trees?limit=1").json()["next_cursor"] is not None
+        tree = c.get("/v1/trees/run/shop/1").json()
+        assert tree["counts"]["pairs"] == 2 and len(tree["nodes"]) == 5
+        assert c.post("/v1/scores", json={"tree_id": "run/shop/1", "node_id": "b",
+                                          "value": 1.0}).status_code == 201
+        assert c.get("/v1/trees/run/shop/1").json()["nodes"][0]["value"] == 0.75
+        assert c.get("/v1/export/dpo").text.count("\n") == 4
