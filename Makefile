@@ -6,7 +6,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-fast bench lint install clean
 
+# torch's CPU build pinned below and vLLM's CPU build exist for Python 3.11 only.
 $(STAMP): pyproject.toml
+	@test -x $(BIN)/python || bash scripts/check-python.sh "$(PY)"
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned: the CPU wheel of 2.13.0 (a bare `torch` would fetch a CUDA build)

@@ -207,7 +207,7 @@ def parts(config: ServeConfig) -> tuple[list[ControllerRouterHandler], dict[str,
     routes: list[ControllerRouterHandler] = [proxy_part(config)]
     mounts: dict[str, ASGIApp] = {}
     # mcp_mount's config protocol declares settable attributes; ServeConfig is frozen
-    mounts["/mcp"] = cast("ASGIApp", mcp_mount(config))  # type: ignore[arg-type]
+    mounts["/mcp"] = cast("ASGIApp", mcp_mount(config))
     return routes, mounts
 
 

@@ -81,12 +81,13 @@ def register(app: typer.Typer) -> None:
             "--workers", min=1, help="Worker processes (several: use PostgreSQL).")] = 1,
         max_body: Annotated[str, typer.Option(
             "--max-body", help="Largest request body; bigger ones get 413.")] = "32MiB",
-        export_dir: Annotated[Path | None, typer.Option(
-            "--export-dir", help="Where the MCP endpoint's export tool may write files "
-            "(default: nowhere).")] = None,
         insecure: Annotated[bool, typer.Option(
             "--insecure", help="Allow listening beyond loopback without a token.")] = False,
         log_level: Annotated[str, typer.Option("--log-level")] = "info",
+        export_dir: Annotated[Path | None, typer.Option(
+            "--export-dir", exists=True, file_okay=False, dir_okay=True, resolve_path=True,
+            help="The one folder the MCP export tool may write files under (default: "
+            "none; MCP exports are returned inline only).")] = None,
         upstream: Annotated[str | None, typer.Option(
             "--upstream", help="OpenAI-compatible endpoint the recording proxy "
             "(/proxy/TRAJECTORY_ID/v1) forwards to, e.g. http://127.0.0.1:8001.")] = None,

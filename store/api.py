@@ -530,7 +530,7 @@ async def list_trees(  # noqa: PLR0917 - every filter is a query parameter
     """Trees matching every filter, oldest first, a page at a time. ``total`` counts every
     match; ``next_cursor`` continues after this page (None on the last)."""
     after = _cursor(cursor)
-    trees = await log.list_trees(where)
+    trees: list[TreeSummary] = list(await log.list_trees(where))
     if q:
         needle = q.casefold()
         trees = [t for t in trees if needle in t.tree_id.casefold()

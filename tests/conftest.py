@@ -85,3 +85,7 @@ def served_model(model_folder: Path, tmp_path_factory: pytest.TempPathFactory
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0, "vLLM still listens after SIGTERM"
+
+
+# The store's database fixtures (a fresh PostgreSQL schema per test, a SQLite file).
+from tests.store.conftest import pg_url, sqlite_url  # noqa: E402, F401

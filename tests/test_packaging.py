@@ -41,8 +41,12 @@ def test_every_folder_with_python_code_is_a_mapped_subpackage():
 
 @pytest.mark.slow
 def test_the_wheel_holds_every_module_and_nothing_at_top_level(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
-                    str(tmp_path), str(REPO)], check=True)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w",
+                            str(tmp_path), str(REPO)], capture_output=True, text=True,
+                           check=False)
+    assert built.returncode == 0, built.stderr
+    # the build backend's own warnings (setuptools warned about `license = { text = ... }`)
+    assert "DeprecationWarning" not in built.stdout + built.stderr
     (wheel,) = tmp_path.glob("branchpoint-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     missing = source_modules() - names
@@ -73,3 +77,4 @@ def test_pip_install_in_a_fresh_venv_puts_only_branchpoint_on_the_path(tmp_path,
                           "print(e.__file__)"], capture_output=True, text=True, check=True,
                          cwd=tmp_path).stdout
     assert "errors.py" in out
+

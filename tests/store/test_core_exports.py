@@ -9,7 +9,13 @@ from typing import Any
 
 import pytest
 
-from branchpoint.store.exports import FORMATS, ExportOptions, compute_stats, export_lines
+from branchpoint.store.exports import (
+    FORMATS,
+    TRAINING_FORMATS,
+    ExportOptions,
+    compute_stats,
+    export_lines,
+)
 from branchpoint.store.log import MemoryEventLog
 from tests.store.builders import TOOLS, TreeBuilder, action, call, memory_log, two_step_tree
 
@@ -49,7 +55,7 @@ CASES = {
     "sft": {"min_score": 0.7},
     "trajectory-pairs": {"with_metadata": True},
     "stepwise": {"label_threshold": 0.5},
-}
+}  # the options of each training format (``events`` takes none)
 
 
 def _has_sql() -> bool:
@@ -80,7 +86,7 @@ async def open_scenario(backend: str, tmp_path: Path) -> Any:
 async def test_each_format_matches_its_golden_file(fmt: str, backend: str, tmp_path: Path):
     log = await open_scenario(backend, tmp_path)
     try:
-        got = await lines(log, fmt, **CASES[fmt])
+        got = await lines(log, fmt, **CASES.get(fmt, {}))
     finally:
         await log.close()
     path = GOLDEN / f"{fmt}.jsonl"
@@ -90,7 +96,7 @@ async def test_each_format_matches_its_golden_file(fmt: str, backend: str, tmp_p
     assert got == path.read_bytes()
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", TRAINING_FORMATS)
 async def test_each_format_loads_with_datasets(fmt: str, tmp_path: Path):
     from datasets import load_dataset
 
@@ -149,6 +155,14 @@ async def test_sft_keeps_paths_whose_leaf_reaches_the_min_score_and_ends_on_the_
     assert len((await lines(log, "sft", min_score=0.0)).splitlines()) == 9
     assert len((await lines(log, "sft", sources=("checker",))).splitlines()) == 2
     assert len((await lines(log, "sft", sources=("judge",))).splitlines()) == 0
+
+
+async def test_sft_writes_no_row_for_a_scored_root_alone():
+    alone = TreeBuilder("alone").root().score("r", 1.0).close()
+    log = await memory_log(alone)
+    assert await lines(log, "sft", min_score=0.0) == b""
+    for fmt in ("dpo", "trajectory-pairs", "stepwise"):
+        assert await lines(log, fmt) == b"", fmt
 
 
 async def test_stepwise_labels_follow_node_values_and_the_threshold():
