@@ -98,19 +98,23 @@ def test_a_bad_batch_lists_every_bad_event_and_stores_nothing(client: Any, log: 
     assert stored(log) == []
 
 
-def test_a_batch_breaking_a_store_rule_is_refused_whole(client: Any, log: Any) -> None:
-    b = TreeBuilder("t").root().step("a", "r").step("x", "missing-parent")
+def test_a_batch_breaking_a_store_rule_is_refused_whole_with_every_event_listed(
+        client: Any, log: Any) -> None:
+    b = TreeBuilder("t").root().step("a", "r").step("x", "missing-parent").step("y", "x")
     r = post(client, as_array(b.events))
     assert r.status_code == 400
-    (error,) = r.json()["errors"]
-    assert error["event_id"] == "t-e4" and error["index"] == 3
+    errors = r.json()["errors"]
+    assert [(e["index"], e["event_id"], e.get("depends_on")) for e in errors] == [
+        (3, "t-e4", None), (4, "t-e5", "t-e4"), (5, "t-e6", "t-e4"), (6, "t-e7", "t-e6")]
+    assert "missing-parent" in errors[0]["reason"] and not errors[0].get("dependent")
+    assert all(e["dependent"] for e in errors[1:])
     assert stored(log) == []
     # in JSON Lines the report also names the line, blank lines counted
     r = post(client, b"\n" + as_lines(b.events).replace(b"\n", b"\n\n", 1),
              "application/jsonl")
     assert r.status_code == 400
-    (error,) = r.json()["errors"]
-    assert (error["index"], error["line"], error["event_id"]) == (3, 6, "t-e4")
+    assert [(e["index"], e["line"]) for e in r.json()["errors"]] == [
+        (3, 6), (4, 7), (5, 8), (6, 9)]
 
 
 def test_a_conflicting_resend_is_409_and_stores_nothing(client: Any, log: Any) -> None:
@@ -121,7 +125,9 @@ def test_a_conflicting_resend_is_409_and_stores_nothing(client: Any, log: Any) -
     fresh = TreeBuilder("u").root().events
     r = post(client, as_array([*fresh, changed]))
     assert r.status_code == 409
-    assert r.json()["errors"][0]["event_id"] == changed.event_id
+    (error,) = r.json()["errors"]
+    assert error["event_id"] == changed.event_id and error["conflict"] is True
+    assert error["index"] == 1
     assert len(stored(log)) == len(events)
 
 
