@@ -172,9 +172,7 @@ async def test_branchpoint_serve_mounts_mcp_at_slash_mcp_behind_its_token(
         tmp_path: Path, stateless: bool) -> None:
     """The app ``branchpoint serve`` runs (``build_app``: API, viewer, the MCP mount), on a
     real port with a token: the SDK's HTTP client plays the session through ``/mcp``."""
-    import branchpoint.cli.main  # noqa: F401 - first: it registers cli.serve (a cycle)
-    from branchpoint.cli.app import ServeConfig
-    from branchpoint.cli.serve import build_app
+    from branchpoint.cli.app import ServeConfig, build_app
 
     db = f"sqlite:///{tmp_path / 'serve.db'}"
     config = ServeConfig(token="s3cret", stateless=stateless, export_dir=str(tmp_path))
