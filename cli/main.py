@@ -124,6 +124,7 @@ COMMANDS: dict[str, str] = {
     "demo": "branchpoint.cli.demo",
     "serve-model": "branchpoint.cli.serve_model",
     "sample": "branchpoint.cli.sample",
+    "branch": "branchpoint.cli.branch",
     "model": "branchpoint.cli.train",
     "train": "branchpoint.cli.train",
     "eval": "branchpoint.cli.train",

@@ -55,6 +55,8 @@ def test_the_wheel_holds_every_module_and_nothing_at_top_level(tmp_path):
     assert {t for t in tops if not t.endswith(".dist-info")} == {"branchpoint"}
     assert "branchpoint/__init__.py" not in names  # a namespace, shared with plugins
     assert "branchpoint/store/schema.sql" in names or not (REPO / "store/schema.sql").exists()
+    static = {f"branchpoint/viewer/static/{p.name}" for p in (REPO / "viewer/static").iterdir()}
+    assert static <= names, f"viewer files missing from the wheel: {sorted(static - names)}"
 
 
 @pytest.mark.slow
