@@ -115,7 +115,7 @@ async def _run(db: str, config: Any, base_url: str, *, action_format: str,  # no
     from branchpoint.sampler.grow import RunStats, run_name, sample_run
     from branchpoint.sampler.policy import ChatPolicy
     from branchpoint.store.exports import ExportOptions, compute_stats
-    from branchpoint.store.log import open_log
+    from branchpoint.store.log import TreeFilter, open_log
 
     policy = ChatPolicy(base_url, config.model, config.sampling, api_key=api_key)
     try:
@@ -149,18 +149,21 @@ async def _run(db: str, config: Any, base_url: str, *, action_format: str,  # no
             try:
                 claims = open_claims(db, lease_seconds=lease_seconds)
                 try:
-                    await sample_run(config, policy, log, use_tools=use_tools,
-                                     stats=stats, claims=claims, judge=judge)
+                    outcomes = await sample_run(config, policy, log, use_tools=use_tools,
+                                                stats=stats, claims=claims, judge=judge)
                 finally:
                     await claims.close()
             finally:
                 done.set()
                 if shown is not None:
                     await shown
-            pairs = None
+            pairs: int | None = 0
             try:
-                report = await compute_stats(log, ExportOptions())
-                pairs = getattr(report, "pairs", None)
+                # The pairs of the trees sampled here, with the export's default options.
+                for outcome in outcomes:
+                    report = await compute_stats(log, ExportOptions(
+                        where=TreeFilter(tree_id=outcome.tree_id)))
+                    pairs = (pairs or 0) + int(report.get("pairs") or 0)
             except BranchpointError:
                 pairs = None
             _summary(stats, pairs)
@@ -186,7 +189,7 @@ def _summary(stats: Any, pairs: Any) -> None:
                f"{stats.requests}; completion tokens: {stats.completion_tokens} "
                f"({rate:.0f}/s); wall time: {stats.seconds:.1f} s")
     if pairs is not None:
-        typer.echo(f"pairs in the store: {pairs}")
+        typer.echo(f"pairs in the trees sampled here: {pairs}")
     typer.echo(f"errors: {errors}")
 
 
