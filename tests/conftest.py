@@ -1,4 +1,5 @@
-"""Fixtures for the sampler's integration tests: ONE real vLLM server per test session.
+"""Fixtures for the integration tests against real vLLM (the sampler's, and the SDK's
+wrapper and recording proxy): ONE real vLLM server per test session, shared by all.
 
 ``served_model`` builds the small model once (``branchpoint model build``), starts
 ``branchpoint serve-model`` on it (a real subprocess, vLLM's CPU build in its cached
