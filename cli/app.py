@@ -22,10 +22,12 @@ script, no ``eval``), no plugins, no framing.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from litestar import Litestar, Request, Response
 from litestar.di import Provide
@@ -40,7 +42,11 @@ from branchpoint.store.api import DEFAULT_MAX_BODY, ErrorBody, api_router, healt
 from branchpoint.store.errors import StoreUnavailable
 from branchpoint.store.log import EventLog, open_log
 
-__all__ = ["CSP", "ServeConfig", "create_app"]
+__all__ = ["CSP", "ENV_CONFIG", "ServeConfig", "app_from_env", "build_app", "create_app",
+           "parts"]
+
+#: the environment variable that hands each worker process its configuration (JSON)
+ENV_CONFIG = "BRANCHPOINT_SERVE_CONFIG"
 
 logger = logging.getLogger("branchpoint.serve")
 
@@ -57,11 +63,15 @@ PUBLIC_EXACT = frozenset({"/health", "/", "/favicon.ico", "/schema"})
 class ServeConfig:
     """How the server runs: ``token`` (None: no auth), ``max_body`` (bytes of a request
     body), ``stateless`` (several worker processes: nothing may keep per-process
-    sessions, e.g. the MCP endpoint)."""
+    sessions, e.g. the MCP endpoint), ``export_dir`` (where the MCP endpoint may write
+    exports; None: nowhere). Plain values only: workers get it as JSON."""
 
     token: str | None = None
     max_body: int = DEFAULT_MAX_BODY
     stateless: bool = False
+    export_dir: str | None = None
+    upstream: str | None = None  # the recording proxy's OpenAI-compatible endpoint
+    upstream_key: str | None = None
 
 
 def _public(path: str) -> bool:
@@ -183,3 +193,31 @@ def create_app(
             render_plugins=[JsonRenderPlugin()]),
         debug=False,
     )
+
+
+def parts(config: ServeConfig) -> tuple[list[ControllerRouterHandler], dict[str, ASGIApp]]:
+    """The parts mounted beside the API and the viewer: ``(extra_routes, mounts)``.
+    Each part adds one line here (the recording proxy's router to ``routes``, the MCP
+    endpoint's ASGI app to ``mounts["/mcp"]``; ``config.stateless`` says whether several
+    workers share the load)."""
+    from branchpoint.mcp_server.http import mcp_mount
+    from branchpoint.store.proxy import proxy_part
+
+    routes: list[ControllerRouterHandler] = [proxy_part(config)]
+    mounts: dict[str, ASGIApp] = {}
+    # mcp_mount's config protocol declares settable attributes; ServeConfig is frozen
+    mounts["/mcp"] = cast("ASGIApp", mcp_mount(config))
+    return routes, mounts
+
+
+def build_app(db: str, config: ServeConfig) -> Litestar:
+    """The whole app over the store at ``db`` (opened at start-up)."""
+    routes, mounts = parts(config)
+    return create_app(db, config, extra_routes=routes, mounts=mounts)
+
+
+def app_from_env() -> Litestar:
+    """uvicorn's factory in each worker process: the app from ``$BRANCHPOINT_SERVE_CONFIG``."""
+    raw: dict[str, Any] = json.loads(os.environ[ENV_CONFIG])
+    db = raw.pop("db")
+    return build_app(db, ServeConfig(**raw))

@@ -124,8 +124,14 @@ class McpHttp:
 
 
 class _ServeConfig(Protocol):
-    token: str | None
-    stateless: bool
+    """What :func:`mcp_mount` reads of ``branchpoint serve``'s ``ServeConfig``."""
+
+    @property
+    def token(self) -> str | None: ...
+    @property
+    def stateless(self) -> bool: ...
+    @property
+    def export_dir(self) -> str | None: ...
 
 
 def _app_log(scope: Scope) -> EventLog:
@@ -137,7 +143,7 @@ def _app_log(scope: Scope) -> EventLog:
 def mcp_mount(config: _ServeConfig) -> McpHttp:
     """The MCP endpoint for ``branchpoint serve``: mount it at ``/mcp``. It reads the
     app's log from ``app.state.log``, is stateless when ``config.stateless`` (several
-    workers), writes exports only under ``config.export_dir`` (when the config has one),
-    and checks the Host header for loopback when no token guards the server."""
-    return McpHttp(_app_log, export_dir=getattr(config, "export_dir", None),
+    workers), writes exports only under ``config.export_dir`` (none when None), and
+    checks the Host header for loopback when no token guards the server."""
+    return McpHttp(_app_log, export_dir=config.export_dir,
                    stateless=config.stateless, check_host=config.token is None)

@@ -243,13 +243,16 @@ def build_server(recorder: Recorder, *, name: str = "branchpoint") -> MCPServer:
         text_limit: Annotated[int, Field(
             ge=20, le=20_000, description="Cut each action and observation to this many "
                                           "characters.")] = 200,
+        max_nodes: Annotated[int, Field(
+            ge=1, le=5000, description="List at most this many nodes (those on the path "
+                                       "first); the rest are counted, not shown.")] = 200,
     ) -> m.TreeSummary:
         """Look at one tree compactly: every node with its action and observation as short
         text, scores and values, the branching points, the leaves, the best leaf and a
         path. The full tree is the resource at resource_uri."""
         with _tool_errors():
             return await recorder.get_tree(tree_id=tree_id, node_id=node_id,
-                                           text_limit=text_limit)
+                                           text_limit=text_limit, max_nodes=max_nodes)
 
     @srv.tool(annotations=reads)
     async def list_trees(

@@ -43,6 +43,7 @@ endpoint kept failing; the message is in the detail).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
@@ -50,6 +51,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from branchpoint.sampler.claims import Claims
 from branchpoint.sampler.envs.base import Check, Environment
 from branchpoint.sampler.envs.registry import make_env
 from branchpoint.sampler.fork import fork
@@ -452,22 +454,68 @@ async def _all(jobs: Sequence[Coroutine[Any, Any, None]]) -> None:
 
 async def sample_run(config: SampleConfig, policy: ChatPolicy, log: EventLog, *,
                      use_tools: bool, stats: RunStats | None = None,
+                     claims: Claims | None = None,
                      on_tree: Callable[[TreeOutcome], None] | None = None
                      ) -> list[TreeOutcome]:
-    """Grow every task's tree, ``config.concurrency`` trees at a time."""
+    """Grow every task's tree, ``config.concurrency`` trees at a time.
+
+    With ``claims``, trees are taken one at a time through leases shared with every other
+    worker on the same store (see :mod:`branchpoint.sampler.claims`), and the run ends when
+    no tree is left that this worker could claim.
+    """
     sampler = Sampler(config, policy, log, use_tools=use_tools, stats=stats)
     sampler.stats.trees_total = len(config.tasks)
-    gate = asyncio.Semaphore(max(1, config.concurrency))
     outcomes: list[TreeOutcome] = []
 
-    async def one(task_id: int) -> None:
-        async with gate:
-            outcome = await sampler.sample_tree(task_id)
+    def done(outcome: TreeOutcome) -> None:
         outcomes.append(outcome)
         if on_tree is not None:
             on_tree(outcome)
 
-    await asyncio.gather(*(one(t) for t in config.tasks))
+    if claims is None:
+        gate = asyncio.Semaphore(max(1, config.concurrency))
+
+        async def one(task_id: int) -> None:
+            async with gate:
+                done(await sampler.sample_tree(task_id))
+
+        await asyncio.gather(*(one(t) for t in config.tasks))
+        return outcomes
+
+    task_of = {sampler.tree_id(t): t for t in config.tasks}
+    await claims.register(sampler.run, list(task_of))
+    held: set[str] = set()
+    claiming = asyncio.Lock()
+
+    async def loop() -> None:
+        while True:
+            async with claiming:
+                tree_id = await claims.claim(sampler.run, frozenset(held))
+                if tree_id is None:
+                    return
+                held.add(tree_id)
+            try:
+                done(await sampler.sample_tree(task_of[tree_id]))
+                await claims.finish(tree_id)
+            finally:
+                held.discard(tree_id)
+
+    stop = asyncio.Event()
+
+    async def renew() -> None:
+        period = max(0.05, float(getattr(claims, "lease", 300.0)) / 3)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), period)
+            if not stop.is_set():
+                await claims.renew()
+
+    renewer = asyncio.create_task(renew())
+    try:
+        await asyncio.gather(*(loop() for _ in range(max(1, config.concurrency))))
+    finally:
+        stop.set()
+        await renewer
     return outcomes
 
 

@@ -12,8 +12,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from branchpoint.sampler.envs.base import Message, Split, tasks_in_split, usage
+from branchpoint.sampler.envs.base import Message, tasks_in_split, usage
 from branchpoint.sampler.envs.registry import make_env
+from branchpoint.store.splits import Split
 
 __all__ = ["Episode", "Policy", "demonstrations", "play", "text_opening", "texts_of"]
 

@@ -21,8 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from branchpoint.sampler.envs.base import Message, Split, tasks_in_split
+from branchpoint.sampler.envs.base import Message, tasks_in_split
 from branchpoint.sampler.envs.registry import make_env
+from branchpoint.store.splits import Split
 from branchpoint.train.episodes import text_opening
 
 __all__ = ["BatchPolicy", "EvalResult", "TaskResult", "evaluate", "paired_bootstrap",

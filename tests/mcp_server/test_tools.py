@@ -16,6 +16,7 @@ from mcp import Client, MCPError
 
 from branchpoint.mcp_server.server import TREE_TEMPLATE, build_server
 from branchpoint.mcp_server.service import Recorder, tree_uri
+from branchpoint.store.errors import ConflictingEvent, InvalidEvent
 from branchpoint.store.events import Event, ScoreAssigned
 from branchpoint.store.exports import ExportOptions, export_lines
 from branchpoint.store.log import EventLog, MemoryEventLog, TreeFilter, open_log
@@ -25,6 +26,7 @@ from tests.mcp_server.scenario import (
     SYSTEM,
     USER,
     WRONG,
+    WRONG_SEEN,
     Call,
     caller,
     check_pair,
@@ -207,6 +209,12 @@ async def test_get_tree_shows_branching_points_values_and_the_path(recorder: Rec
         short = await call("get_tree", {"tree_id": session["tree_id"], "node_id": wrong,
                                         "text_limit": 20})
         assert short["path"] == ["root", ls, wrong]
+        assert not short["nodes_truncated"]
+        few = await call("get_tree", {"tree_id": session["tree_id"], "node_id": wrong,
+                                      "max_nodes": 3})
+        assert [n["node_id"] for n in few["nodes"]] == ["root", ls, wrong]
+        assert few["nodes_truncated"] and few["node_count"] == 4
+        assert few["branching_points"] == tree["branching_points"]
         assert all(len(n["observation"] or "") <= 20 for n in short["nodes"])
 
 
@@ -420,6 +428,7 @@ class _Barrier:
     def __init__(self, log: EventLog, n: int) -> None:
         self._log, self._n, self._count = log, n, 0
         self._all = asyncio.Event()
+        self.refused = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._log, name)
@@ -433,7 +442,11 @@ class _Barrier:
         return events
 
     async def append(self, events: Sequence[Event], **kw: Any) -> Any:
-        return await self._log.append(events, **kw)
+        try:
+            return await self._log.append(events, **kw)
+        except ConflictingEvent:
+            self.refused += 1
+            raise
 
 
 async def test_two_writers_racing_on_one_tree_both_get_their_step_stored(
@@ -449,5 +462,33 @@ async def test_two_writers_racing_on_one_tree_both_get_their_step_stored(
                       observation=[{"role": "tool", "tool_call_id": "c2", "content": who}],
                       done=False) for r, who in ((a, "a"), (b, "b"))))
     assert len({s.node_id for s in steps}) == 2
+    assert barrier.refused == 1  # the race happened: one writer's ids were taken, it retried
     runs = [ev.payload for ev in await log.read_tree(tree) if ev.type == "action_executed"]
     assert sorted(r.observation[0]["content"] for r in runs[1:]) == ["a", "b"]
+
+
+async def test_a_recorder_sees_steps_another_process_added_since_its_last_call(
+        log: EventLog) -> None:
+    a, b = Recorder(log), Recorder(log)  # two server processes on one store
+    tree = (await a.start_trajectory(messages=[SYSTEM, USER])).tree_id
+    first = await a.record_step(tree_id=tree, parent_node_id="root", action=LS,
+                                observation=LS_SEEN, done=False)
+    second = await b.record_step(tree_id=tree, parent_node_id=first.node_id, action=WRONG,
+                                 observation=WRONG_SEEN, done=False)
+    third = await a.record_step(tree_id=tree, parent_node_id=second.node_id, action=LS,
+                                observation=LS_SEEN, done=False)
+    assert [first.node_id, second.node_id, third.node_id] == ["mcp.0", "mcp.1", "mcp.2"]
+    assert (await a.fork(tree_id=tree, node_id=third.node_id)).depth == 3
+
+
+async def test_a_refused_step_leaves_no_trace_in_the_next_one(log: EventLog) -> None:
+    r = Recorder(log)
+    tree = (await r.start_trajectory(messages=[SYSTEM, USER])).tree_id
+    with pytest.raises(InvalidEvent):  # the store refuses it after the builder minted it
+        await r.record_step(tree_id=tree, parent_node_id="root", action=LS,
+                            observation=[{"role": "tool", "content": "no id"}], done=False)
+    step = await r.record_step(tree_id=tree, parent_node_id="root", action=LS,
+                               observation=LS_SEEN, done=False)
+    assert step.node_id == "mcp.0" and step.siblings == []
+    assert [ev.event_id for ev in await log.read_tree(tree)] == [
+        f"{tree}/root", f"{tree}/mcp.0", f"{tree}/mcp.0/run"]

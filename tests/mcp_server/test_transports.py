@@ -111,8 +111,10 @@ def test_branchpoint_mcp_with_a_bad_store_fails_on_stderr_and_leaves_stdout_empt
     assert result.exit_code == 1
     assert result.stdout == ""
     assert "mysql" in result.stderr
-    missing = CliRunner().invoke(app, ["mcp", "--export-dir", str(tmp_path / "none")])
-    assert missing.exit_code == 2 and missing.stdout == ""
+    for command in ("mcp", "serve"):
+        missing = CliRunner().invoke(app, [command, "--export-dir", str(tmp_path / "none")])
+        assert missing.exit_code == 2 and missing.stdout == ""
+        assert "--export-dir" in missing.stderr
 
 
 # --- Streamable HTTP -----------------------------------------------------------------------
@@ -165,59 +167,34 @@ async def test_http_refuses_a_foreign_host_header_when_it_checks_hosts(tmp_path:
     assert await log.list_trees() == []
 
 
-async def test_the_mount_for_serve_works_inside_a_litestar_app_behind_its_token(
-        tmp_path: Path) -> None:
-    """``mcp_mount`` as ``branchpoint serve`` mounts it: a Litestar ``asgi`` mount at
-    ``/mcp`` (prefix stripped, scope copied), the log opened at start-up into
-    ``app.state.log``, a bearer-token middleware in front, several workers (stateless)."""
-    from dataclasses import dataclass
+@pytest.mark.parametrize("stateless", [False, True], ids=["one-worker", "workers"])
+async def test_branchpoint_serve_mounts_mcp_at_slash_mcp_behind_its_token(
+        tmp_path: Path, stateless: bool) -> None:
+    """The app ``branchpoint serve`` runs (``build_app``: API, viewer, the MCP mount), on a
+    real port with a token: the SDK's HTTP client plays the session through ``/mcp``."""
+    import branchpoint.cli.main  # noqa: F401 - first: it registers cli.serve (a cycle)
+    from branchpoint.cli.app import ServeConfig
+    from branchpoint.cli.serve import build_app
 
-    from litestar import Litestar
-    from litestar.handlers import asgi
-    from starlette.types import Receive, Scope, Send
-
-    from branchpoint.mcp_server.http import mcp_mount
-
-    @dataclass(frozen=True)
-    class Config:
-        token: str | None = "s3cret"
-        stateless: bool = True
-        export_dir: str | None = str(tmp_path)
-
-    mounted = mcp_mount(Config())
     db = f"sqlite:///{tmp_path / 'serve.db'}"
-
-    async def forward(scope: Scope, receive: Receive, send: Send) -> None:
-        await mounted(scope, receive, send)
-
-    def guard(app: Any) -> Any:
-        async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] == "http" and dict(scope["headers"]).get(
-                    b"authorization") != b"Bearer s3cret":
-                await send({"type": "http.response.start", "status": 401, "headers": []})
-                await send({"type": "http.response.body", "body": b""})
-                return
-            await app(scope, receive, send)
-        return guarded
-
-    async def open_store(app: Litestar) -> None:
-        app.state.log = await open_log(db)
-
-    async def close_store(app: Litestar) -> None:
-        await mounted.aclose()
-        await app.state.log.close()
-
-    app = Litestar([asgi("/mcp", is_mount=True, copy_scope=True)(forward)],
-                   on_startup=[open_store], on_shutdown=[close_store], middleware=[guard])
-    async with serving(app) as base:
+    config = ServeConfig(token="s3cret", stateless=stateless, export_dir=str(tmp_path))
+    async with serving(build_app(db, config)) as base:
         async with httpx2.AsyncClient() as http:
             denied = await http.post(f"{base}/mcp", json={})
             assert denied.status_code == 401
         auth = httpx2.AsyncClient(headers={"authorization": "Bearer s3cret"})
         async with auth, Client(streamable_http_client(f"{base}/mcp",
                                                        http_client=auth)) as client:
-            session = await asyncio.wait_for(play(caller(client)), BOUND)
-            written = await caller(client)("export", {"format": "dpo", "path": "p.jsonl"})
+            call = caller(client)
+            session = await asyncio.wait_for(play(call), BOUND)
+            written = await call("export", {"format": "dpo", "path": "p.jsonl"})
+            outside = await client.call_tool("export", {"path": "../p.jsonl"})
+            assert outside.is_error
+        # the API of the same server sees what the MCP session recorded
+        async with httpx2.AsyncClient(headers={"authorization": "Bearer s3cret"}) as http:
+            listed = await http.get(f"{base}/v1/trees")
+            assert session["tree_id"] in listed.text
     check_pair(session)
+    assert (tmp_path / "p.jsonl").read_text() == session["export"]["jsonl"]
     assert written["path"] == str(tmp_path / "p.jsonl")
     assert await _tree_ids(db) == [session["tree_id"]]

@@ -18,7 +18,7 @@ import pytest
 
 from branchpoint.store.events import ActionExecuted, NodeCreated, ScoreAssigned, TreeClosed
 from branchpoint.store.log import open_log
-from tests.sampler.conftest import ServedModel
+from tests.conftest import ServedModel
 
 pytestmark = pytest.mark.slow
 

@@ -123,3 +123,54 @@ def upstream() -> Iterator[Upstream]:
     u = Upstream(free_port())
     yield u
     u.stop()
+
+
+class ProxyServer:
+    """``branchpoint serve --upstream`` (the recording proxy among the server's routes)
+    over a SQLite file, in front of a scripted upstream that wants ``UPSTREAM_KEY``."""
+
+    UPSTREAM_KEY = "upstream-secret"
+
+    def __init__(self, db: Path, token: str | None = None,
+                 upstream_url: str | None = None) -> None:
+        """``upstream_url``: forward there instead (e.g. real vLLM), with no key."""
+        self.db = db
+        self.upstream = None if upstream_url else Upstream(free_port(), self.UPSTREAM_KEY)
+        target = upstream_url or self.upstream.url  # type: ignore[union-attr]
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        cli = Path(sys.executable).parent / "branchpoint"
+        self.proc = subprocess.Popen(
+            [str(cli), "serve", "--db", f"sqlite:///{db}", "--port", str(port),
+             "--upstream", target, "--log-level", "warning",
+             *(["--token", token] if token else [])],
+            cwd=REPO, stderr=subprocess.PIPE,
+            env={**os.environ, "BRANCHPOINT_UPSTREAM_KEY": "" if upstream_url
+                 else self.UPSTREAM_KEY})
+
+        def listening() -> bool:
+            assert self.proc.poll() is None, self.proc.stderr.read() if self.proc.stderr \
+                else "the server exited"
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+
+        wait_for(listening, what="the server to listen")
+
+    def base(self, trajectory_id: str) -> str:
+        return f"{self.url}/proxy/{trajectory_id}/v1"
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            _, err = self.proc.communicate(timeout=20)
+            if self.upstream is not None:
+                self.upstream.stop()
+            self.err = err.decode(errors="replace")
+        return self.err
+
+
+@pytest.fixture
+def proxy(tmp_path: Path) -> Iterator[ProxyServer]:
+    p = ProxyServer(tmp_path / "proxied.db")
+    yield p
+    p.stop()

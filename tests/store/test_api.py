@@ -16,10 +16,11 @@ from branchpoint.cli.app import CSP, ServeConfig, create_app
 from branchpoint.cli.main import app as cli
 from branchpoint.store.errors import StoreUnavailable
 from branchpoint.store.events import Event, encode_event
+from branchpoint.store.exports import ExportOptions, TreeView
 from branchpoint.store.log import EventLog, MemoryEventLog, open_log
 from tests.serving import run_async
 from tests.store.api_data import big, ordinary
-from tests.store.builders import TreeBuilder, action, two_step_tree
+from tests.store.builders import TreeBuilder, action, sequenced, two_step_tree
 from tests.store.test_core_exports import CASES, GOLDEN, scenario
 
 TOKEN = "tok-123"
@@ -108,6 +109,13 @@ def test_a_batch_breaking_a_store_rule_is_refused_whole(client: Any, log: Any) -
     assert (dependent["event_id"], dependent["index"], dependent["dependent"]) == (
         "t-e5", 4, True)
     assert stored(log) == []
+    # in JSON Lines the report also names the line, blank lines counted
+    r = post(client, b"\n" + as_lines(b.events).replace(b"\n", b"\n\n", 1),
+             "application/jsonl")
+    assert r.status_code == 400
+    error, dependent = r.json()["errors"]
+    assert (error["index"], error["line"], error["event_id"]) == (3, 6, "t-e4")
+    assert (dependent["index"], dependent["line"], dependent["depends_on"]) == (4, 7, "t-e4")
 
 
 def test_a_conflicting_resend_is_409_and_stores_nothing(client: Any, log: Any) -> None:
@@ -189,7 +197,7 @@ def test_trees_are_listed_with_filters_and_counts(filled: Any) -> None:
         "flat/tie"]
     assert filled.get("/v1/trees?has_pairs=true").json()["total"] == 3
     assert filled.get("/v1/trees?q=TIE").json()["total"] == 1
-    assert filled.get("/v1/trees?task_id=9").json()["total"] == 1
+    assert filled.get("/v1/trees?task=9").json()["total"] == 1
     assert filled.get("/v1/trees?min_value=0.3").json()["total"] == 1  # flat/tie: 0.5
     # the page's value options change the pairs: at margin 0.6 only a's 1.0-vs-0.0 counts
     counted = filled.get("/v1/trees?margin=0.6&env=fs").json()["trees"][0]
@@ -216,7 +224,9 @@ def test_a_tree_with_slashes_in_its_id_shows_values_evidence_and_pairs(filled: A
     assert body["tree_id"] == "run/fs/0" and body["root"] == "r"
     nodes = {n["node_id"]: n for n in body["nodes"]}
     assert nodes["r"]["value"] == 0.25 and nodes["r"]["leaves"] == 3
-    assert nodes["r"]["stderr"] == pytest.approx((1 / 3) ** 0.5 / 3 ** 0.5 * 1)  # sd/sqrt(n)
+    # the evidence is the core's estimate: leaves under the value and its standard error
+    core = TreeView("run/fs/0", sequenced(ordinary(1)), ExportOptions()).estimates["r"]
+    assert (nodes["r"]["leaves"], nodes["r"]["stderr"]) == (core.leaves, core.se)
     assert nodes["a"]["role"] == "chosen" and nodes["b"]["role"] == "rejected"
     assert nodes["a"]["branch"]["pair"] is True and nodes["a"]["branch"]["margin"] == 1.0
     assert nodes["a1"]["scores"] == {"checker": 1.0}
@@ -277,6 +287,11 @@ def test_stats_and_summary_count_what_the_cli_counts(filled: Any) -> None:
     assert sum(summary["tree_sizes"]["counts"]) == 4
     assert filled.get("/v1/stats?margin=-1").status_code == 400
     assert filled.get("/v1/stats?sources=,").status_code == 400
+    assert filled.get("/v1/stats", params={"env": "shop"}).json()["trees"] == 2
+    assert filled.get("/v1/stats", params={"since": "yesterday"}).status_code == 400
+    # a confidence bar no pair of single leaves can clear drops them as low_confidence
+    strict = filled.get("/v1/stats", params={"confidence": 50}).json()
+    assert strict["pairs"] < stats["pairs"]
 
 
 # --- export ---------------------------------------------------------------------------------
@@ -397,3 +412,14 @@ def test_the_page_has_no_inline_script_or_handler() -> None:
     assert not [a for _, attrs in found for a, _ in attrs if a.startswith("on") or a == "style"]
     js = (STATIC / "app.js").read_text()
     assert "innerHTML" not in js and "insertAdjacentHTML" not in js and "eval(" not in js
+
+
+@pytest.mark.parametrize("args", [[], ["--margin", "0.5", "--value", "max"],
+                                  ["--env", "fs", "--confidence", "1"]])
+def test_stats_are_what_the_cli_prints(scenario_db: str, args: list[str]) -> None:
+    result = CliRunner().invoke(cli, ["stats", "--json", "--db", scenario_db, *args])
+    assert result.exit_code == 0, result.stderr
+    params = dict(zip(args[::2], args[1::2], strict=True))
+    with TestClient(create_app(scenario_db)) as c:
+        r = c.get("/v1/stats", params={k.lstrip("-"): v for k, v in params.items()})
+    assert r.json() == json.loads(result.stdout)
