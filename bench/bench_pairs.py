@@ -126,7 +126,10 @@ def main() -> int:
               f"(ratio {chosen[2] / max(1, base[2]):.2f}, target >= 1); baseline precision "
               f"{base[2] / max(1, base[1]):.3f}")
         print(f"{env}: usable pairs with partial credit / with --binary at the chosen "
-              f"defaults: {chosen[0]} / {binary[0]} = {chosen[0] / max(1, binary[0]):.2f}")
+              f"defaults: {chosen[0]} / {binary[0]} = {chosen[0] / max(1, binary[0]):.2f}; "
+              f"correct decided {chosen[2]} / {binary[2]} = "
+              f"{chosen[2] / max(1, binary[2]):.2f}; precision {precision:.3f} vs "
+              f"{binary[2] / max(1, binary[1]):.3f}")
         ok &= precision >= 0.97 and chosen[2] >= base[2]
     print("\ntargets met" if ok else "\nTARGET MISSED")
     return 0 if ok else 1

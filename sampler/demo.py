@@ -37,8 +37,9 @@ from branchpoint.store.log import EventLog, TreeFilter
 
 __all__ = ["DEMO_PAIRS", "DemoConfig", "DemoReport", "grow_tree", "run_demo"]
 
-# The pair settings the demo exports with, chosen by bench/bench_pairs.py (see README).
-DEMO_PAIRS: Final = ExportOptions(margin=0.1)
+# The pair settings the demo exports with, chosen with its sampling defaults (3 branch
+# points, 3 branches, 4 rollouts) by bench/bench_pairs.py; the figures are in the README.
+DEMO_PAIRS: Final = ExportOptions(margin=0.2, discount=0.9)
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class DemoConfig:
     mistakes: float = 0.25  # the expert's error rate on every line
     branch_points: int = 3  # forks along the main line
     branches: int = 3  # candidates drawn per fork
-    rollouts: int = 1  # continuations of each candidate
+    rollouts: int = 4  # continuations of each candidate
     batch_trees: int = 25  # trees per atomic append
 
     def __post_init__(self) -> None:

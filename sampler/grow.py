@@ -123,6 +123,11 @@ class RunStats:
     prompt_tokens: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     closed: dict[str, int] = field(default_factory=dict)
+    # Where the time goes, summed over concurrent work (so the sum can exceed wall time):
+    # waiting for the model, stepping and forking environments, appending to the store.
+    model_seconds: float = 0.0
+    env_seconds: float = 0.0
+    store_seconds: float = 0.0
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -163,11 +168,14 @@ class _Tree:
     ended_by: set[str] = field(default_factory=set)
     budget_hit: bool = False
 
-    async def flush(self) -> None:
+    async def flush(self, stats: RunStats | None = None) -> None:
         async with self.lock:
             events = self.builder.take()
             if events:
+                started = time.perf_counter()
                 await self.log.append(events)
+                if stats is not None:
+                    stats.store_seconds += time.perf_counter() - started
 
 
 def _check_detail(check: Check, end: str) -> dict[str, Any]:
@@ -251,7 +259,7 @@ class Sampler:
         try:
             try:
                 messages, tools = self._open(env, builder, task_id)
-                await tree.flush()
+                await tree.flush(self.stats)
                 await self._expand(tree, "root", env, messages=messages, tools=tools, depth=0,
                                    line="main")
                 reason, detail = self._close_reason(tree), None
@@ -262,7 +270,7 @@ class Sampler:
                 self.stats.error("replay_divergence")
                 reason, detail = "error", {"message": str(exc), "kind": "replay_divergence"}
             builder.close(reason, detail)
-            await tree.flush()
+            await tree.flush(self.stats)
         finally:
             self.stats.trees_running -= 1
         self.stats.trees_done += 1
@@ -364,8 +372,12 @@ class Sampler:
                     await self._leaf(tree, node, env, "context_overflow",
                                      extra={"message": str(exc)})
                     return
-            await _all([self._run_child(tree, child, fork(env), messages=messages, tools=tools,
-                                        depth=depth + 1) for child in children])
+            started = time.perf_counter()
+            forks = [fork(env) for _ in children]
+            self.stats.env_seconds += time.perf_counter() - started
+            await _all([self._run_child(tree, child, copy, messages=messages, tools=tools,
+                                        depth=depth + 1) for child, copy in zip(children, forks,
+                                                                                strict=True)])
         finally:
             env.close()
 
@@ -375,7 +387,9 @@ class Sampler:
         seed = seed_for(self.config.sampling.seed, f"{tree.tree_id}/{node}")
         try:
             async with self.requests:
+                started = time.perf_counter()
                 cands = await self.policy.propose(messages, tools, n, seed=seed)
+                self.stats.model_seconds += time.perf_counter() - started
         finally:
             tree.reserved -= n
         self.stats.requests += 1
@@ -395,7 +409,7 @@ class Sampler:
             tree.lines[child] = role
             created.append(child)
         self.stats.nodes += len(created)
-        await tree.flush()
+        await tree.flush(self.stats)
         return created
 
     async def _run_child(self, tree: _Tree, child: str, env: Environment, *,
@@ -405,10 +419,12 @@ class Sampler:
         action = info.action or {}
         started = time.perf_counter()
         result = env.step(action)
-        latency = round((time.perf_counter() - started) * 1000, 3)
+        spent = time.perf_counter() - started
+        self.stats.env_seconds += spent
+        latency = round(spent * 1000, 3)
         if info.observation is None:
             tree.builder.executed(child, result.observation, result.done, latency_ms=latency)
-            await tree.flush()
+            await tree.flush(self.stats)
         elif info.observation != result.observation:
             env.close()
             raise ReplayDivergence(f"tree {tree.tree_id}: node {child} replayed to another "
@@ -432,7 +448,7 @@ class Sampler:
         tree.builder.score(node, min(1.0, max(0.0, check.score)), source="checker",
                            detail=detail)
         tree.scored.add(node)
-        await tree.flush()
+        await tree.flush(self.stats)
 
 
 async def _all(jobs: Sequence[Coroutine[Any, Any, None]]) -> None:

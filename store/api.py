@@ -767,7 +767,7 @@ async def post_score(data: JSONBody[ScoreIn], log: Log) -> ScoreOut:
     try:
         res = await log.append([ev])
     except InvalidEvent as exc:
-        raise _error(400, str(exc), errors=[msgspec.to_builtins(_bad_of(exc))]) from None
+        raise _error(400, str(exc), errors=msgspec.to_builtins(_refused(exc, ()))) from None
     return ScoreOut(event_id, res.stored, res.last_seq)
 
 

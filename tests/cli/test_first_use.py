@@ -218,3 +218,14 @@ def test_a_failed_demo_keeps_a_database_it_did_not_create(here, db):
     assert result.exit_code == 1
     assert (here / db).read_bytes() == before
     assert not (here / "runs").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["export", "sft", "--confidence", "2"], "--confidence does not apply to sft"),
+    (["export", "trajectory-pairs", "--discount", "0.9"], "--discount does not apply"),
+    (["export", "events", "--binary"], "--binary does not apply to events"),
+])
+def test_value_options_apply_only_where_values_are_used(db, args, message):
+    result = runner.invoke(app, [*args, "--db", db])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr

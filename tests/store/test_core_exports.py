@@ -326,3 +326,62 @@ async def test_trl_dpo_trains_a_step_on_exported_rows(tmp_path: Path,
     assert result.global_step == 1
     assert torch.isfinite(torch.tensor(result.training_loss))
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+class LabelledTree(TreeBuilder):
+    """Steps that say whether the policy meant them as mistakes, and how often it drew them."""
+
+    def labelled(self, node_id: str, parent: str, mistake: bool | None, *,
+                 count: int | None = None) -> LabelledTree:
+        from branchpoint.store.events import ActionExecuted, NodeCreated
+
+        produced_by: dict[str, Any] = {"policy": "expert"}
+        if mistake is not None:
+            produced_by["mistake"] = mistake
+        if count is not None:
+            produced_by["count"] = count
+        self._add(NodeCreated(node_id=node_id, parent_id=parent, action=action(node_id),
+                              produced_by=produced_by))
+        self._add(ActionExecuted(node_id=node_id, observation=[], done=True))
+        return self
+
+
+async def test_stats_grade_pairs_against_the_mistake_labels_per_env_and_in_total():
+    right = LabelledTree("a", env="fs").root()
+    right.labelled("good", "r", False).score("good", 1.0)
+    right.labelled("bad", "r", True).score("bad", 0.0)
+    wrong = LabelledTree("b", env="shop").root()
+    wrong.labelled("lucky", "r", True).score("lucky", 0.9)
+    wrong.labelled("unlucky", "r", False).score("unlucky", 0.2)
+    wrong.labelled("x", "r", False).score("x", 0.5)
+    both = LabelledTree("c", env="shop").root()  # two non-mistakes: not decided
+    both.labelled("p", "r", False).score("p", 1.0)
+    both.labelled("q", "r", False).score("q", 0.0)
+    plain = two_step_tree("d")  # no labels at all
+    stats = await compute_stats(await memory_log(right, wrong, both, plain))
+    assert (stats["pairs_decided"], stats["pairs_correct"]) == (2, 1)
+    assert stats["pair_precision"] == 0.5
+    assert stats["by_env"]["shop"]["pair_precision"] == 0.0
+    assert stats["by_env"]["fs"]["pairs_decided"] == 1
+    unlabelled = await compute_stats(await memory_log(plain))
+    assert "pair_precision" not in unlabelled
+    rows = [json.loads(x) for x in (await lines(await memory_log(right), "dpo",
+                                                with_metadata=True)).splitlines()]
+    assert rows[0]["metadata"]["chosen_mistake"] is False
+    assert rows[0]["metadata"]["rejected_mistake"] is True
+
+
+async def test_a_childs_draw_count_weights_the_exported_values():
+    b = LabelledTree("w", env="fs").root()
+    b.labelled("often", "r", None, count=3).score("often", 1.0)
+    b.labelled("once", "r", None).score("once", 0.0)
+    rows = {r["node_id"]: r for r in map(json.loads, (await lines(await memory_log(b),
+                                                                  "steps")).splitlines())}
+    assert rows["often"]["leaves"] == 1 and rows["often"]["se"] == 0.5
+    stats = await compute_stats(await memory_log(b), ExportOptions(value="mean"))
+    assert stats["pairs"] == 1
+    view_value = (3 * 1.0 + 1 * 0.0) / 4
+    from branchpoint.store.exports import TreeView
+
+    view = TreeView("w", b.events, ExportOptions())
+    assert view.values["r"] == view_value
