@@ -65,7 +65,8 @@ class ServeConfig:
     """How the server runs: ``token`` (None: no auth), ``max_body`` (bytes of a request
     body), ``stateless`` (several worker processes: nothing may keep per-process
     sessions, e.g. the MCP endpoint), ``export_dir`` (where the MCP endpoint may write
-    exports; None: nowhere). Plain values only: workers get it as JSON."""
+    exports; None: nowhere), ``upstream`` and ``upstream_key`` (the endpoint the recording
+    proxy forwards to, and its key). Plain values only: workers get it as JSON."""
 
     token: str | None = None
     max_body: int = DEFAULT_MAX_BODY
