@@ -18,9 +18,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## The main job: the end-to-end demo on the embedded defaults (SQLite file under runs/demo).
+## The main job: build a small model, SFT, serve it with vLLM, sample trees, DPO on the
+## step-level pairs, and measure held-out success before and after (runs/demo/report.json).
 demo: $(STAMP)
-	$(BIN)/branchpoint demo --policy expert --out runs/demo
+	PY=$(BIN)/python bash scripts/ensure-vllm.sh
+	$(BIN)/branchpoint demo --out runs/demo
 
 ## Every test, PostgreSQL included (started if it is down), the viewer's in Debian's Chromium
 ## (installed if missing), after ruff and strict mypy.

@@ -28,7 +28,7 @@ from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
 from branchpoint.mcp_server.server import build_server
-from branchpoint.mcp_server.service import Recorder
+from branchpoint.mcp_server.service import McpRecorder
 from branchpoint.store.builder import TreeBuilder, make_task
 from branchpoint.store.log import open_log
 
@@ -87,7 +87,7 @@ async def through(client: Client, steps: int) -> list[float]:
 async def in_process(url: str) -> list[float]:
     log = await open_log(url)
     try:
-        async with Client(build_server(Recorder(log))) as client:
+        async with Client(build_server(McpRecorder(log))) as client:
             return await through(client, STEPS)
     finally:
         await log.close()

@@ -25,7 +25,8 @@ import hmac
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -64,7 +65,8 @@ class ServeConfig:
     """How the server runs: ``token`` (None: no auth), ``max_body`` (bytes of a request
     body), ``stateless`` (several worker processes: nothing may keep per-process
     sessions, e.g. the MCP endpoint), ``export_dir`` (where the MCP endpoint may write
-    exports; None: nowhere). Plain values only: workers get it as JSON."""
+    exports; None: nowhere), ``upstream`` and ``upstream_key`` (the endpoint the recording
+    proxy forwards to, and its key). Plain values only: workers get it as JSON."""
 
     token: str | None = None
     max_body: int = DEFAULT_MAX_BODY
@@ -134,6 +136,23 @@ def _mount(path: str, mounted: ASGIApp) -> ControllerRouterHandler:
     return asgi(path, is_mount=True, copy_scope=True)(forward)
 
 
+def _mount_lifespans(mounts: Mapping[str, ASGIApp]
+                     ) -> list[Callable[[Litestar], AbstractAsyncContextManager[None]]]:
+    """A mounted app gets no lifespan events of its own; one that must start and stop
+    (the MCP endpoint's session manager) offers ``lifespan()``, run for the app's life."""
+    out: list[Callable[[Litestar], AbstractAsyncContextManager[None]]] = []
+    for mounted in mounts.values():
+        run = getattr(mounted, "lifespan", None)
+        if callable(run):
+            def lifespan(_app: Litestar, run: Callable[[], Any] = run
+                         ) -> AbstractAsyncContextManager[None]:
+                cm: AbstractAsyncContextManager[None] = run()
+                return cm
+
+            out.append(lifespan)
+    return out
+
+
 def create_app(
     log: EventLog | str,
     config: ServeConfig | None = None,
@@ -179,6 +198,7 @@ def create_app(
         route_handlers=handlers,
         on_startup=[open_store],
         on_shutdown=[close_store],
+        lifespan=_mount_lifespans(mounts or {}),
         dependencies={"config": Provide(lambda: config, sync_to_thread=False)},
         middleware=[security_middleware(config)],
         exception_handlers={
@@ -205,7 +225,7 @@ def parts(config: ServeConfig) -> tuple[list[ControllerRouterHandler], dict[str,
 
     routes: list[ControllerRouterHandler] = [proxy_part(config)]
     mounts: dict[str, ASGIApp] = {}
-    # mcp_mount's config protocol declares settable attributes; ServeConfig is frozen
+    # McpHttp is typed with Starlette's scope types, Litestar's mounts with its own
     mounts["/mcp"] = cast("ASGIApp", mcp_mount(config))
     return routes, mounts
 

@@ -162,6 +162,11 @@ _APPLIES: dict[str, tuple[str, frozenset[str]]] = {
     "sources": ("--sources", _TRAINING),
     "judge_weight": ("--judge-weight", _TRAINING),
     "tool_arguments": ("--tool-arguments", _TRAINING),
+    "binary": ("--binary", _TRAINING),
+    # pairs between siblings: dpo only (trajectory pairs rank whole episodes)
+    "confidence": ("--confidence", frozenset({"dpo"})),
+    # inner nodes' values: leaf scores (sft, trajectory-pairs) are never discounted
+    "discount": ("--discount", frozenset({"dpo", "steps", "stepwise"})),
 }
 
 

@@ -183,6 +183,17 @@ def register(app: typer.Typer) -> None:
             "--engine", help="model: vllm (serve-model + sample, the default) or local "
             "(transformers in-process, where vLLM cannot run).")] = "vllm",
         eval_tasks: Annotated[int, typer.Option("--eval-tasks", min=1)] = 50,
+        eval_split: Annotated[str, typer.Option(
+            "--eval-split", help="model: heldout (the figure) or validation (to choose "
+            "settings without touching held-out tasks).")] = "heldout",
+        sft_demos: Annotated[int | None, typer.Option("--sft-demos", min=1)] = None,
+        sft_epochs: Annotated[float | None, typer.Option("--sft-epochs", min=0.01)] = None,
+        dpo_epochs: Annotated[float | None, typer.Option("--dpo-epochs", min=0.01)] = None,
+        dpo_lr: Annotated[float | None, typer.Option("--dpo-lr", min=0.0)] = None,
+        beta: Annotated[float | None, typer.Option("--beta", min=0.0)] = None,
+        loss_type: Annotated[list[str] | None, typer.Option(
+            "--loss-type", help="model: DPO loss type(s), repeatable (default sigmoid "
+            "and sft).")] = None,
         eval_samples: Annotated[int, typer.Option("--eval-samples", min=1)] = 4,
         fresh: Annotated[bool, typer.Option(
             "--fresh", help="model: start over instead of reusing finished stages.")
@@ -196,6 +207,13 @@ def register(app: typer.Typer) -> None:
         continue each candidate several times (--rollouts), record, print the stats (with
         the pair precision against the expert's own mistake labels) and write the DPO
         export, printing the export command that reproduces it (runs/expert)."""
+        from branchpoint.sampler.envs.registry import get_env
+
+        try:
+            for name in env or ():  # before anything is created
+                get_env(name)
+        except BranchpointError as exc:
+            raise fail(str(exc)) from None
         if policy is Policy.model:
             from branchpoint.train.deps import missing_train_modules, require_train
 
@@ -211,9 +229,22 @@ def register(app: typer.Typer) -> None:
             names = env or ["fs"]
             if len(names) != 1:
                 raise fail("--policy model runs one environment at a time")
+            if eval_split not in ("heldout", "validation"):
+                raise fail(f"--eval-split must be heldout or validation, got {eval_split!r}")
+            from dataclasses import replace
+
             base = DemoSettings()
+            dpo = replace(base.dpo,
+                          epochs=base.dpo.epochs if dpo_epochs is None else dpo_epochs,
+                          learning_rate=base.dpo.learning_rate if dpo_lr is None else dpo_lr,
+                          beta=base.dpo.beta if beta is None else beta,
+                          loss_type=tuple(loss_type) if loss_type else base.dpo.loss_type)
+            sft = replace(base.sft,
+                          epochs=base.sft.epochs if sft_epochs is None else sft_epochs)
             settings = DemoSettings(env=names[0], engine=engine, sample_tasks=tasks,
                                     eval_tasks=eval_tasks, eval_samples=eval_samples,
+                                    eval_split=eval_split, dpo=dpo, sft=sft,
+                                    sft_demos=sft_demos or base.sft_demos,
                                     options=base.options if names[0] == "fs" else {},
                                     model=base.model if names[0] == "fs" else
                                     type(base.model)(envs=(names[0],)))
@@ -223,7 +254,6 @@ def register(app: typer.Typer) -> None:
                 raise fail(str(exc)) from None
             return
         from branchpoint.sampler.demo import DemoConfig
-        from branchpoint.sampler.envs.registry import get_env
 
         config = DemoConfig(envs=tuple(env or ("fs", "shop")), tasks=tasks, mistakes=mistakes,
                             branch_points=branch_points, branches=branches,

@@ -8,6 +8,7 @@ a part such as the recording proxy or the MCP endpoint is one line in its ``part
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
@@ -20,6 +21,7 @@ from typing import Annotated
 import typer
 
 from branchpoint.cli.main import DbOption, fail
+from branchpoint.store.errors import BranchpointError
 
 logger = logging.getLogger("branchpoint.serve")
 
@@ -48,6 +50,20 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+async def _probe(db: str) -> None:
+    """Open and close the store once, so that a store that cannot be opened is a clear
+    error before uvicorn starts, not a failed start-up inside it.
+
+    Raises:
+        StoreUnavailable: the database cannot be opened or reached.
+        ValueError: the URL names no supported backend.
+    """
+    from branchpoint.store.log import open_log
+
+    log = await open_log(db)
+    await log.close()
 
 
 def register(app: typer.Typer) -> None:
@@ -105,6 +121,10 @@ def register(app: typer.Typer) -> None:
         if workers > 1 and db.startswith("memory:"):
             raise fail("--workers > 1 needs a shared store (PostgreSQL, or a SQLite file); "
                        "each worker would get its own memory:// log", 2)
+        try:
+            asyncio.run(_probe(db))
+        except (BranchpointError, ValueError) as exc:  # ValueError: a URL of no backend
+            raise fail(str(exc)) from None
         config = ServeConfig(token=token or None, max_body=limit, stateless=workers > 1,
                              export_dir=str(export_dir) if export_dir else None,
                              upstream=upstream.removesuffix("/v1") if upstream else None,

@@ -36,7 +36,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from branchpoint.mcp_server.server import build_server
-from branchpoint.mcp_server.service import Recorder
+from branchpoint.mcp_server.service import McpRecorder
 from branchpoint.store.log import EventLog
 
 __all__ = ["McpHttp", "mcp_mount"]
@@ -58,9 +58,9 @@ class McpHttp:
                  json_response: bool = False, check_host: bool = True) -> None:
         self._find_log: Callable[[Scope], EventLog] | None = None
         if isinstance(log, EventLog):
-            self.recorder = Recorder(log, export_dir=export_dir)
+            self.recorder = McpRecorder(log, export_dir=export_dir)
         else:
-            self.recorder = Recorder(None, export_dir=export_dir)
+            self.recorder = McpRecorder(None, export_dir=export_dir)
             self._find_log = log
         self.server = build_server(self.recorder)
         # streamable_http_app() is the SDK's public way to make the session manager; its

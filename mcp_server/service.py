@@ -1,6 +1,6 @@
 """What the MCP tools do, over an event log, with no MCP in sight.
 
-:class:`Recorder` is the adapter between an agent's tool calls and the store: it turns
+:class:`McpRecorder` is the adapter between an agent's tool calls and the store: it turns
 "I started this task", "I took this step and saw this", "I go back to that step", "that
 went well" into events written through the shared builder
 (:mod:`branchpoint.store.builder`), and answers reads (a tree in brief, a listing, an
@@ -8,10 +8,12 @@ export) from the store's folds and export generators. The MCP layer
 (:mod:`branchpoint.mcp_server.server`) only maps arguments in and errors out, so every rule
 here is tested without a transport.
 
-Every write reads the tree, resumes a builder over it and appends what the builder made, in
-one batch: a refused call stores nothing. Node ids are ``mcp.K``; two processes that mint
-the same K at once collide on the event id, the store refuses the second batch, and it is
-retried from a fresh read (:data:`RETRIES`), so several server workers can share one store.
+Every write resumes a builder over the tree as stored and appends what the builder made, in
+one batch: a refused call stores nothing. The builder of a tree written lately is kept and
+reused while the tree's head count shows that nobody else wrote (a cheap read; otherwise
+the tree is read in full). Node ids are ``mcp.K``; two processes that mint the same K at
+once collide on the event id, the store refuses the second batch, and it is retried from a
+fresh read (:data:`RETRIES`), so several server workers can share one store.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from branchpoint.store.log import EventLog, TreeFilter
 from branchpoint.store.tree import fold
 from branchpoint.store.values import node_values
 
-__all__ = ["INLINE_LIMIT", "RETRIES", "WRITER", "Recorder", "RequestRefused", "tree_uri"]
+__all__ = ["INLINE_LIMIT", "RETRIES", "WRITER", "McpRecorder", "RequestRefused", "tree_uri"]
 
 #: The most bytes an export returns inline; larger ones must go to a file.
 INLINE_LIMIT: Final = 1_000_000
@@ -75,7 +77,7 @@ def _new_tree_id() -> str:
     return f"mcp-{uuid4().hex[:20]}"
 
 
-class Recorder:
+class McpRecorder:
     """The MCP tools' logic over one event log.
 
     ``export_dir`` is the one folder exports may be written under (None: writing files

@@ -128,13 +128,15 @@ class Brancher(Sampler):
             if leaf not in tree.scored and len(path) > 1:
                 await self._leaf(tree, leaf, env,
                                  "done" if state.nodes[leaf].done else "recorded")
+            jobs = []
             for depth in wanted:
                 node = path[depth]
                 at = make_env(str(task.get("env")), _task_id(task.get("task_id")),
                               **task_options(task))
                 replay(at, recorded[:depth])
-                await self._branch_at(tree, node, path[depth + 1], at, depth,
-                                      again=node in done_parents)
+                jobs.append(self._branch_at(tree, node, path[depth + 1], at, depth,
+                                            again=node in done_parents))
+            await _all(jobs)  # the branching points go on together
         except EndpointError as exc:
             self.stats.error(exc.kind)
             outcome.status, outcome.message = "error", str(exc)

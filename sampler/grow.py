@@ -55,6 +55,7 @@ from branchpoint.sampler.claims import Claims
 from branchpoint.sampler.envs.base import Check, Environment
 from branchpoint.sampler.envs.registry import make_env
 from branchpoint.sampler.fork import fork
+from branchpoint.sampler.judge import Judge
 from branchpoint.sampler.policy import ChatPolicy, Sampling, seed_for, text_opening
 from branchpoint.store.builder import TreeBuilder, make_task, task_options
 from branchpoint.store.errors import (
@@ -123,6 +124,11 @@ class RunStats:
     prompt_tokens: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     closed: dict[str, int] = field(default_factory=dict)
+    # Where the time goes, summed over concurrent work (so the sum can exceed wall time):
+    # waiting for the model, stepping and forking environments, appending to the store.
+    model_seconds: float = 0.0
+    env_seconds: float = 0.0
+    store_seconds: float = 0.0
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -160,14 +166,18 @@ class _Tree:
     requests_seen: set[str]
     lines: dict[str, str] = field(default_factory=dict)  # node id -> meta.line
     reserved: int = 0  # candidates asked for and not yet created
+    judged: set[str] = field(default_factory=set)
     ended_by: set[str] = field(default_factory=set)
     budget_hit: bool = False
 
-    async def flush(self) -> None:
+    async def flush(self, stats: RunStats | None = None) -> None:
         async with self.lock:
             events = self.builder.take()
             if events:
+                started = time.perf_counter()
                 await self.log.append(events)
+                if stats is not None:
+                    stats.store_seconds += time.perf_counter() - started
 
 
 def _check_detail(check: Check, end: str) -> dict[str, Any]:
@@ -203,8 +213,10 @@ class Sampler:
     """Grows the trees of one run. ``policy`` proposes steps; ``log`` stores them."""
 
     def __init__(self, config: SampleConfig, policy: ChatPolicy, log: EventLog, *,
-                 use_tools: bool, stats: RunStats | None = None) -> None:
+                 use_tools: bool, stats: RunStats | None = None,
+                 judge: Judge | None = None) -> None:
         self.config = config
+        self.judge = judge
         self.policy = policy
         self.log = log
         self.use_tools = use_tools
@@ -246,12 +258,14 @@ class Sampler:
             builder = TreeBuilder(tree_id, writer=self.config.writer)
         scored, tokens, seen, lines = _stored_state(events)
         tree = _Tree(tree_id, builder, self.log, asyncio.Lock(), scored, tokens, seen, lines)
+        tree.judged = {ev.payload.node_id for ev in events
+                       if isinstance(ev.payload, ScoreAssigned) and ev.payload.source == "judge"}
         env = self._make_env(task_id, builder)
         self.stats.trees_running += 1
         try:
             try:
                 messages, tools = self._open(env, builder, task_id)
-                await tree.flush()
+                await tree.flush(self.stats)
                 await self._expand(tree, "root", env, messages=messages, tools=tools, depth=0,
                                    line="main")
                 reason, detail = self._close_reason(tree), None
@@ -262,7 +276,7 @@ class Sampler:
                 self.stats.error("replay_divergence")
                 reason, detail = "error", {"message": str(exc), "kind": "replay_divergence"}
             builder.close(reason, detail)
-            await tree.flush()
+            await tree.flush(self.stats)
         finally:
             self.stats.trees_running -= 1
         self.stats.trees_done += 1
@@ -364,8 +378,12 @@ class Sampler:
                     await self._leaf(tree, node, env, "context_overflow",
                                      extra={"message": str(exc)})
                     return
-            await _all([self._run_child(tree, child, fork(env), messages=messages, tools=tools,
-                                        depth=depth + 1) for child in children])
+            started = time.perf_counter()
+            forks = [fork(env) for _ in children]
+            self.stats.env_seconds += time.perf_counter() - started
+            await _all([self._run_child(tree, child, copy, messages=messages, tools=tools,
+                                        depth=depth + 1) for child, copy in zip(children, forks,
+                                                                                strict=True)])
         finally:
             env.close()
 
@@ -375,7 +393,9 @@ class Sampler:
         seed = seed_for(self.config.sampling.seed, f"{tree.tree_id}/{node}")
         try:
             async with self.requests:
+                started = time.perf_counter()
                 cands = await self.policy.propose(messages, tools, n, seed=seed)
+                self.stats.model_seconds += time.perf_counter() - started
         finally:
             tree.reserved -= n
         self.stats.requests += 1
@@ -395,7 +415,7 @@ class Sampler:
             tree.lines[child] = role
             created.append(child)
         self.stats.nodes += len(created)
-        await tree.flush()
+        await tree.flush(self.stats)
         return created
 
     async def _run_child(self, tree: _Tree, child: str, env: Environment, *,
@@ -405,10 +425,12 @@ class Sampler:
         action = info.action or {}
         started = time.perf_counter()
         result = env.step(action)
-        latency = round((time.perf_counter() - started) * 1000, 3)
+        spent = time.perf_counter() - started
+        self.stats.env_seconds += spent
+        latency = round(spent * 1000, 3)
         if info.observation is None:
             tree.builder.executed(child, result.observation, result.done, latency_ms=latency)
-            await tree.flush()
+            await tree.flush(self.stats)
         elif info.observation != result.observation:
             env.close()
             raise ReplayDivergence(f"tree {tree.tree_id}: node {child} replayed to another "
@@ -419,20 +441,38 @@ class Sampler:
 
     async def _leaf(self, tree: _Tree, node: str, env: Environment, end: str, *,
                     extra: dict[str, Any] | None = None) -> None:
+        """Score a leaf: the environment's check as a ``checker`` score, and the judge's
+        verdict as a ``judge`` score when there is a judge (each once per leaf)."""
         self.stats.leaves += 1
-        if node in tree.scored:
-            return
-        check = env.check()
-        if end == "done" and getattr(env, "steps", 0) >= getattr(env, "max_steps", 1 << 30) \
-                and not check.success:
-            end = "step_limit"
-        detail = _check_detail(check, end)
-        if extra:
-            detail.update(extra)
-        tree.builder.score(node, min(1.0, max(0.0, check.score)), source="checker",
-                           detail=detail)
-        tree.scored.add(node)
-        await tree.flush()
+        if node not in tree.scored:
+            try:
+                check: Check | None = env.check()
+            except NotImplementedError:
+                if self.judge is None:
+                    raise
+                check = None  # an environment without a checker: the judge alone
+            if check is not None:
+                if end == "done" and not check.success \
+                        and getattr(env, "steps", 0) >= getattr(env, "max_steps", 1 << 30):
+                    end = "step_limit"
+                detail = _check_detail(check, end)
+                if extra:
+                    detail.update(extra)
+                tree.builder.score(node, min(1.0, max(0.0, check.score)), source="checker",
+                                   detail=detail)
+            tree.scored.add(node)
+            await tree.flush(self.stats)
+        if self.judge is not None and node not in tree.judged:
+            verdict = await self.judge.verdict(tree.builder.state.conversation(node))
+            tree.judged.add(node)
+            if verdict is None:
+                self.stats.error("judge_unparsed")
+                return
+            tree.builder.score(node, verdict.score, source="judge",
+                               detail={"rationale": verdict.rationale, "end": end,
+                                       "model": self.judge.model,
+                                       "rubric": self.judge.rubric_hash})
+            await tree.flush(self.stats)
 
 
 async def _all(jobs: Sequence[Coroutine[Any, Any, None]]) -> None:
@@ -454,7 +494,7 @@ async def _all(jobs: Sequence[Coroutine[Any, Any, None]]) -> None:
 
 async def sample_run(config: SampleConfig, policy: ChatPolicy, log: EventLog, *,
                      use_tools: bool, stats: RunStats | None = None,
-                     claims: Claims | None = None,
+                     claims: Claims | None = None, judge: Judge | None = None,
                      on_tree: Callable[[TreeOutcome], None] | None = None
                      ) -> list[TreeOutcome]:
     """Grow every task's tree, ``config.concurrency`` trees at a time.
@@ -463,7 +503,7 @@ async def sample_run(config: SampleConfig, policy: ChatPolicy, log: EventLog, *,
     worker on the same store (see :mod:`branchpoint.sampler.claims`), and the run ends when
     no tree is left that this worker could claim.
     """
-    sampler = Sampler(config, policy, log, use_tools=use_tools, stats=stats)
+    sampler = Sampler(config, policy, log, use_tools=use_tools, stats=stats, judge=judge)
     sampler.stats.trees_total = len(config.tasks)
     outcomes: list[TreeOutcome] = []
 

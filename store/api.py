@@ -6,10 +6,12 @@ Routes (all under ``/v1``; the app in :mod:`branchpoint.cli.app` adds auth and t
     A batch of events, a JSON array (``application/json``) or JSON Lines
     (``application/jsonl``, ``application/x-ndjson``), appended atomically and
     idempotently. 400 lists every bad event (``index`` in the batch, ``line`` for JSON
-    Lines, ``event_id``, ``field``, ``reason``, and ``dependent: true`` for the events
-    refused only because one they depend on was); 409 a conflicting re-send; 413 a body
-    over the limit (the body says the limit); 503 a store outage. Nothing of a refused
-    batch is stored.
+    Lines, ``event_id``, ``field``, ``reason``, and ``dependent: true`` with
+    ``depends_on`` for the events refused only because one they depend on was); 409 a
+    conflicting re-send; 413 a body over the limit (the body says the limit); 415 another
+    media type; 503 a store outage. Nothing of a refused batch is stored. Events that do
+    not decode are reported by this module (with what hangs on them); the store's rules
+    by the store's whole-batch report (:attr:`InvalidEvent.problems`).
 ``GET /v1/trees``, ``GET /v1/trees/{tree_id:path}``, ``GET /v1/node``
     Trees listed with filters and paging; one tree (a window of it: lazy sub-trees) with
     its values, their evidence and its pairs; one node in full.
@@ -22,7 +24,9 @@ Routes (all under ``/v1``; the app in :mod:`branchpoint.cli.app` adds auth and t
 
 Tree and node ids may hold ``/``, so a tree id is only ever the last part of a path, and a
 node id a query parameter. Values and pairs follow the export's options everywhere
-(``margin``, ``value``, ``sources``, ``judge_weight``).
+(``margin``, ``value``, ``sources``, ``judge_weight``, ``confidence``, ``discount``,
+``binary``) and trees the CLI's filters (``env``, ``task``, ``tree``, ``origin``,
+``since``, ``until``, ``finished``, ``split``), both read by a dependency.
 """
 
 from __future__ import annotations
@@ -767,7 +771,7 @@ async def post_score(data: JSONBody[ScoreIn], log: Log) -> ScoreOut:
     try:
         res = await log.append([ev])
     except InvalidEvent as exc:
-        raise _error(400, str(exc), errors=[msgspec.to_builtins(_bad_of(exc))]) from None
+        raise _error(400, str(exc), errors=msgspec.to_builtins(_refused(exc, ()))) from None
     return ScoreOut(event_id, res.stored, res.last_seq)
 
 
@@ -789,7 +793,7 @@ class _JsonlOperation(Operation):
      operation_class=_JsonlOperation, responses={**ERRORS, **NOT_FOUND})
 async def export(  # noqa: PLR0917 - every option is a query parameter
     log: Log,
-    fmt: Annotated[str, PathParameter(description="dpo, steps, sft, trajectory-pairs or stepwise")],
+    fmt: Annotated[str, PathParameter(description="One of: " + ", ".join(FORMATS))],
     opts: Options,
     where: Where,
     min_score: Annotated[float, QueryParameter(

@@ -29,12 +29,12 @@ event it depends on (its parent, its node, its tree's root) was refused.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Any
 
+import msgspec
 
-@dataclass(frozen=True, slots=True)
-class Problem:
+
+class Problem(msgspec.Struct, frozen=True):
     """One refused event of a batch.
 
     ``index`` is its 0-based position in the batch (across every chunk of a streamed
@@ -55,7 +55,7 @@ class Problem:
 
     def as_dict(self) -> dict[str, Any]:
         """The problem as plain JSON-able data (what an HTTP 400 body carries)."""
-        return asdict(self)
+        return msgspec.structs.asdict(self)
 
     def describe(self) -> str:
         where = []

@@ -37,10 +37,17 @@ import msgspec
 from litestar import Request, Response, Router, post, route
 from litestar.background_tasks import BackgroundTask
 from litestar.exceptions import HTTPException
+from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 
 from branchpoint.store.builder import ROOT, TreeBuilder, make_task
-from branchpoint.store.calls import StreamAccumulator, choice_messages, place_call, produced_by
+from branchpoint.store.calls import (
+    StreamAccumulator,
+    choice_messages,
+    place_call,
+    produced_by,
+    split_history,
+)
 from branchpoint.store.errors import InvalidEvent, TreeNotFound
 from branchpoint.store.log import EventLog
 
@@ -135,10 +142,7 @@ class _Recorder:
                 b = await self.builder(store, tree_id)
                 history = [m for m in request.get("messages") or [] if isinstance(m, dict)]
                 if b.state.root is None:
-                    opening = [m for m in history if m.get("role") != "assistant"]
-                    first = next((i for i, m in enumerate(history)
-                                  if m.get("role") == "assistant"), len(history))
-                    b.root(opening[:first] or history[:1], make_task(env, task_id),
+                    b.root(split_history(history)[0] or history[:1], make_task(env, task_id),
                            tools=request.get("tools") or None, origin="proxy")
                 node, same_opening = place_call(b, history)
                 if not same_opening:
@@ -379,18 +383,18 @@ def proxy_router(config: ProxyConfig) -> Router:
 
     @route("/{trajectory_id:str}/v1/{rest:path}", http_method=METHODS, status_code=200,
            include_in_schema=False)
-    async def forward(request: Request[Any, Any, Any], trajectory_id: str,
-                      rest: str) -> Response[Any]:
+    async def forward(request: Request[Any, Any, Any], trajectory_id: FromPath[str],
+                      rest: FromPath[str]) -> Response[Any]:
         return await proxy.forward(request, trajectory_id, rest)
 
     @post("/{trajectory_id:str}/score", status_code=200, summary="Score a proxied step")
-    async def score(request: Request[Any, Any, Any], trajectory_id: str,
-                    data: ScoreIn) -> dict[str, Any]:
+    async def score(request: Request[Any, Any, Any], trajectory_id: FromPath[str],
+                    data: JSONBody[ScoreIn]) -> dict[str, Any]:
         return await proxy.score(request, trajectory_id, data)
 
     @post("/{trajectory_id:str}/close", status_code=200, summary="Close a proxied tree")
-    async def close(request: Request[Any, Any, Any], trajectory_id: str,
-                    data: CloseIn | None = None) -> dict[str, Any]:
+    async def close(request: Request[Any, Any, Any], trajectory_id: FromPath[str],
+                    data: JSONBody[CloseIn | None] = None) -> dict[str, Any]:
         return await proxy.close(request, trajectory_id, data or CloseIn())
 
     return Router(path="/proxy", route_handlers=[forward, score, close],

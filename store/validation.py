@@ -246,8 +246,8 @@ class Validator:
             return (f"parent {p.parent_id!r} ended the episode (done); it can have no "
                     "children", "payload.parent_id", None)
         nodes[key] = NodeFacts(False, False, None)
-        if not parent.has_children:
-            nodes[parent_key] = parent._replace(has_children=True)
+        if not parent.has_children:  # (a NamedTuple call: faster than _replace)
+            nodes[parent_key] = NodeFacts(parent.is_root, parent.executed, parent.done, True)
         return None
 
     def _executed(self, tree: str, p: ActionExecuted) -> tuple[str, str, str | None] | None:
@@ -263,7 +263,7 @@ class Validator:
         if p.done and node.has_children:
             return (f"node {p.node_id!r} already has children; it cannot end the episode "
                     "(done)", "payload.done", None)
-        self.nodes[key] = node._replace(executed=True, done=p.done)
+        self.nodes[key] = NodeFacts(False, True, p.done, node.has_children)
         return None
 
     def raise_if_refused(self) -> None:

@@ -202,8 +202,8 @@ class NoExpert(Environment):
 
 @pytest.mark.parametrize("env", ["nosuch", "tests.cli.test_first_use:NoExpert"])
 def test_a_demo_that_fails_before_storing_anything_leaves_nothing_behind(here, env):
-    result = runner.invoke(app, ["demo", "--env", env, "--out", "runs/bad", "--tasks", "2",
-                                 "--quiet"])
+    result = runner.invoke(app, ["demo", "--policy", "expert", "--env", env,
+                                 "--out", "runs/bad", "--tasks", "2", "--quiet"])
     assert result.exit_code == 1
     assert result.stderr.startswith("error: ")
     assert "nosuch" in result.stderr or "no scripted expert" in result.stderr
@@ -212,8 +212,20 @@ def test_a_demo_that_fails_before_storing_anything_leaves_nothing_behind(here, e
 
 def test_a_failed_demo_keeps_a_database_it_did_not_create(here, db):
     before = (here / db).read_bytes()
-    result = runner.invoke(app, ["demo", "--env", "tests.cli.test_first_use:NoExpert",
-                                 "--db", db, "--out", "runs/x", "--tasks", "1", "--quiet"])
+    result = runner.invoke(app, ["demo", "--policy", "expert",
+                                 "--env", "tests.cli.test_first_use:NoExpert", "--db", db,
+                                 "--out", "runs/x", "--tasks", "1", "--quiet"])
     assert result.exit_code == 1
     assert (here / db).read_bytes() == before
     assert not (here / "runs").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["export", "sft", "--confidence", "2"], "--confidence does not apply to sft"),
+    (["export", "trajectory-pairs", "--discount", "0.9"], "--discount does not apply"),
+    (["export", "events", "--binary"], "--binary does not apply to events"),
+])
+def test_value_options_apply_only_where_values_are_used(db, args, message):
+    result = runner.invoke(app, [*args, "--db", db])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr

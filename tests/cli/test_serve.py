@@ -107,6 +107,14 @@ def test_serving_beyond_loopback_without_a_token_is_refused() -> None:
     assert result.exit_code == 2 and "shared store" in result.stderr
 
 
+def test_a_store_that_cannot_be_opened_stops_serve_with_a_clear_error() -> None:
+    result = CliRunner().invoke(cli, ["serve", "--db", "postgresql://nobody@127.0.0.1:1/x"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+    result = CliRunner().invoke(cli, ["serve", "--db", "mysql://x/y"])
+    assert result.exit_code == 1 and "error: " in result.stderr
+
+
 @pytest.mark.slow
 def test_insecure_listening_is_logged_at_start() -> None:
     with served("--host", "0.0.0.0", "--insecure", "--db", "memory://") as server:

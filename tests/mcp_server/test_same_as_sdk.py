@@ -14,7 +14,7 @@ from typing import Any
 from mcp import Client
 
 from branchpoint.mcp_server.server import build_server
-from branchpoint.mcp_server.service import Recorder
+from branchpoint.mcp_server.service import McpRecorder
 from branchpoint.sdk import Recorder as SdkRecorder
 from branchpoint.store.events import ActionExecuted, Event, NodeCreated, ScoreAssigned
 from branchpoint.store.exports import ExportOptions, export_lines
@@ -77,7 +77,7 @@ async def test_an_mcp_session_records_what_the_sdk_records_for_the_same_steps(
     url = f"sqlite:///{tmp_path / 'both.db'}"
     log = await open_log(url)
     try:
-        async with Client(build_server(Recorder(log))) as client:
+        async with Client(build_server(McpRecorder(log))) as client:
             mcp_tree = (await play(caller(client), export=False))["tree_id"]
         sdk_tree = record_with_sdk(url, tmp_path / "spool")
         mcp_events, sdk_events = await log.read_tree(mcp_tree), await log.read_tree(sdk_tree)

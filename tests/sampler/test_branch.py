@@ -19,14 +19,15 @@ from tests.sampler.scripted_endpoint import ScriptedEndpoint
 runner = CliRunner()
 
 
-def recording(tree_id: str, task_id: int, steps: int, *, tamper: int | None = None
-              ) -> list[Event]:
+def recording(tree_id: str, task_id: int, steps: int, *, tamper: int | None = None,
+              max_steps: int = 30) -> list[Event]:
     """An expert's first ``steps`` steps on fs, recorded as the SDK would (tools mode);
     with ``tamper`` the observation of that step (1-based) is altered."""
-    env = make_env("fs", task_id)
+    env = make_env("fs", task_id, max_steps=max_steps)
     opening = env.reset()
     b = TreeBuilder(tree_id, writer="sdk")
-    b.root(opening.messages, make_task("fs", task_id, action_format="tools"),
+    b.root(opening.messages, make_task("fs", task_id, action_format="tools",
+                                       options={"max_steps": max_steps}),
            tools=opening.tools, origin="sdk")
     expert = env.expert()
     node, messages = "root", list(opening.messages)

@@ -62,8 +62,8 @@ def wait_for(cond: Any, timeout: float = 20.0, what: str = "condition") -> None:
 
 
 class StoreServer:
-    """A real HTTP ingest server (``tests/sdk/http_store.py``) in a subprocess, which a
-    test can kill and start again on the same port."""
+    """``branchpoint serve`` over a SQLite file in a subprocess, which a test can kill and
+    start again on the same port."""
 
     def __init__(self, db: Path, port: int) -> None:
         self.db, self.port = db, port
@@ -71,19 +71,23 @@ class StoreServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "http_store.py"), str(self.db), str(self.port)],
-            stdout=subprocess.PIPE, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line.strip() == b"ready", line
+        cli = Path(sys.executable).parent / "branchpoint"
+        self.proc = proc = subprocess.Popen(
+            [str(cli), "serve", "--db", f"sqlite:///{self.db}", "--port", str(self.port),
+             "--log-level", "warning"], cwd=REPO, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+
+        def up() -> bool:
+            assert proc.poll() is None, "branchpoint serve exited"
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+        wait_for(up, what="branchpoint serve to listen")
 
     def kill(self) -> None:
         if self.proc is not None:
             self.proc.kill()
             self.proc.wait()
-            if self.proc.stdout is not None:
-                self.proc.stdout.close()
             self.proc = None
 
 

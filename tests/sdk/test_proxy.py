@@ -135,3 +135,17 @@ def test_implicit_forks_through_the_proxy_give_a_pair(proxy: ProxyServer) -> Non
     (pair,) = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
     assert "file0" in json.dumps(pair["chosen"]) and "file1" in json.dumps(pair["rejected"])
 
+
+
+def test_the_proxy_routes_are_part_of_the_served_app(tmp_path: Path) -> None:
+    from litestar.testing import TestClient
+
+    from branchpoint.cli.app import ServeConfig, build_app
+
+    app = build_app(f"sqlite:///{tmp_path / 'in-process.db'}",
+                    ServeConfig(upstream="http://127.0.0.1:9"))
+    with TestClient(app) as client:
+        assert client.post("/proxy/nobody/score", json={"value": 1}).status_code == 404
+        assert client.post("/proxy/a%20b/close").status_code == 400
+        r = client.post("/proxy/t/v1/chat/completions", json={**KW, "messages": OPENING})
+        assert r.status_code == 502 and "did not answer" in r.json()["detail"]
