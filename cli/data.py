@@ -18,7 +18,7 @@ from typing import Annotated, Any, BinaryIO
 import typer
 
 from branchpoint.cli.filters import tree_filters
-from branchpoint.cli.main import ReadDbOption, fail
+from branchpoint.cli.main import ReadDbOption, fail, given, usage_error
 from branchpoint.store.errors import BranchpointError
 from branchpoint.store.log import TreeFilter
 from branchpoint.store.pairs import DEFAULT_MARGIN
@@ -30,6 +30,10 @@ class Format(StrEnum):
     sft = "sft"
     trajectory_pairs = "trajectory-pairs"
     stepwise = "stepwise"
+    events = "events"
+
+
+_TRAINING = frozenset({"dpo", "steps", "sft", "trajectory-pairs", "stepwise"})
 
 
 class ValueMode(StrEnum):
@@ -154,28 +158,25 @@ _APPLIES: dict[str, tuple[str, frozenset[str]]] = {
     "min_score": ("--min-score", frozenset({"sft"})),
     "label_threshold": ("--label-threshold", frozenset({"stepwise"})),
     "with_metadata": ("--with-metadata", frozenset({"dpo", "trajectory-pairs"})),
+    "value": ("--value", _TRAINING),
+    "sources": ("--sources", _TRAINING),
+    "judge_weight": ("--judge-weight", _TRAINING),
+    "tool_arguments": ("--tool-arguments", _TRAINING),
+    "binary": ("--binary", _TRAINING),
+    # pairs between siblings: dpo only (trajectory pairs rank whole episodes)
+    "confidence": ("--confidence", frozenset({"dpo"})),
+    # inner nodes' values: leaf scores (sft, trajectory-pairs) are never discounted
+    "discount": ("--discount", frozenset({"dpo", "steps", "stepwise"})),
 }
-
-
-def _given(ctx: typer.Context, name: str) -> bool:
-    """Whether the user set option ``name`` (on the command line or from the environment),
-    as opposed to its default."""
-    source = ctx.get_parameter_source(name)
-    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
-
-
-def _usage_error(ctx: typer.Context, message: str) -> typer.Exit:
-    typer.echo(ctx.get_usage(), err=True)
-    return fail(message, 2)
 
 
 def _check_applies(ctx: typer.Context, fmt: str) -> None:
     for name, (flag, formats) in _APPLIES.items():
-        if _given(ctx, name) and fmt not in formats:
-            raise _usage_error(ctx, f"{flag} does not apply to {fmt} "
+        if given(ctx, name) and fmt not in formats:
+            raise usage_error(ctx, f"{flag} does not apply to {fmt} "
                                     f"(only to {', '.join(sorted(formats))})")
-    if _given(ctx, "sources") and _given(ctx, "judge_weight"):
-        raise _usage_error(ctx, "--sources does not apply with --judge-weight (which "
+    if given(ctx, "sources") and given(ctx, "judge_weight"):
+        raise usage_error(ctx, "--sources does not apply with --judge-weight (which "
                                 "blends the checker and the judge)")
 
 
@@ -217,7 +218,8 @@ def register(app: typer.Typer) -> None:
     def export(  # noqa: PLR0917 - Typer reads options from the parameters
         ctx: typer.Context,
         fmt: Annotated[Format, typer.Argument(
-            metavar="FORMAT", help="dpo, steps, sft, trajectory-pairs or stepwise.")],
+            metavar="FORMAT", help="dpo, steps, sft, trajectory-pairs, stepwise, or events "
+            "(the raw events, re-ingestable: a backup, or a move to another store).")],
         db: ReadDbOption,
         trees: TreeFilter,
         out: Annotated[Path | None, typer.Option(
@@ -243,9 +245,9 @@ def register(app: typer.Typer) -> None:
         discount: DiscountOption = 1.0,
         binary: BinaryOption = False,
     ) -> None:
-        """Export training data as JSON Lines, one example per line, in a deterministic
-        order. Every tree the filters select counts, finished or not. An option that does
-        not apply to FORMAT is a usage error (exit 2)."""
+        """Export training data (or the raw events) as JSON Lines, one example per line,
+        in a deterministic order. Every tree the filters select counts, finished or not.
+        An option that does not apply to FORMAT is a usage error (exit 2)."""
         _check_applies(ctx, fmt.value)
         if out is not None:
             _check_out(out)
@@ -290,8 +292,8 @@ def register(app: typer.Typer) -> None:
         under margin, identical actions, low confidence), in all and per environment, over
         the trees the filters select; where the steps record which were mistakes (the
         scripted expert), also the decided pairs and the pair precision."""
-        if _given(ctx, "sources") and _given(ctx, "judge_weight"):
-            raise _usage_error(ctx, "--sources does not apply with --judge-weight")
+        if given(ctx, "sources") and given(ctx, "judge_weight"):
+            raise usage_error(ctx, "--sources does not apply with --judge-weight")
         options = _options(where=trees, margin=margin, value=value.value, sources=sources,
                            judge_weight=judge_weight, confidence=confidence,
                            discount=discount, binary=binary)

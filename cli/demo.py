@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import shlex
+import sqlite3
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from branchpoint.cli.main import fail
+from branchpoint.cli.main import fail, sqlite_file, store_url
 from branchpoint.store.errors import BranchpointError
 
 
@@ -18,12 +20,28 @@ class Policy(StrEnum):
     expert = "expert"
 
 
+def export_command(db: str, target: Path, options: Any) -> str:
+    """The ``branchpoint export dpo`` command line that writes ``target`` from ``db`` with
+    ``options`` (an ``ExportOptions``): what the demo prints so a user can reproduce it."""
+    words = ["branchpoint", "export", "dpo", "--db", db, "--out", str(target),
+             "--margin", f"{options.margin:g}"]
+    if options.confidence is not None:
+        words += ["--confidence", f"{options.confidence:g}"]
+    if options.discount != 1.0:
+        words += ["--discount", f"{options.discount:g}"]
+    if options.binary:
+        words.append("--binary")
+    if options.value != "mean":
+        words += ["--value", options.value]
+    return shlex.join(words)
+
+
 async def _run(db: str, out: Path, config: object, quiet: bool) -> None:
     from rich.progress import Progress
 
     from branchpoint.cli.data import _table
-    from branchpoint.sampler.demo import DemoConfig, histogram, run_demo
-    from branchpoint.store.exports import ExportOptions, compute_stats, export_lines
+    from branchpoint.sampler.demo import DEMO_PAIRS, DemoConfig, histogram, run_demo
+    from branchpoint.store.exports import compute_stats, export_lines
     from branchpoint.store.log import open_log
 
     assert isinstance(config, DemoConfig)
@@ -41,17 +59,62 @@ async def _run(db: str, out: Path, config: object, quiet: bool) -> None:
                 mean = sum(scores) / len(scores)
                 typer.echo(f"{env}: {len(scores)} leaves, mean score {mean:.3f}, histogram "
                            f"over [0,1] in tenths: {histogram(scores)}")
-        _table(await compute_stats(log, ExportOptions()))
+        stats = await compute_stats(log, DEMO_PAIRS)
+        _table(stats)
+        for env, s in stats["by_env"].items():
+            p = s.get("pair_precision")
+            if p is not None:
+                typer.echo(f"{env}: pair precision {p:.3f} ({s['pairs_correct']} of "
+                           f"{s['pairs_decided']} decided pairs choose the expert's "
+                           "non-mistake)")
         out.mkdir(parents=True, exist_ok=True)
         target = out / "dpo.jsonl"
         rows = 0
         with target.open("wb") as fh:
-            async for line in export_lines(log, "dpo", ExportOptions()):
+            async for line in export_lines(log, "dpo", DEMO_PAIRS):
                 fh.write(line)
                 rows += 1
-        typer.echo(f"wrote {rows} DPO pairs to {target}")
+        typer.echo(f"wrote {rows} DPO pairs to {target} with:\n  "
+                   f"{export_command(db, target, DEMO_PAIRS)}")
     finally:
         await log.close()
+
+
+class _Undo:
+    """What a demo run creates before it stores anything (folders, the SQLite file), so a
+    run that fails with nothing stored leaves nothing behind."""
+
+    def __init__(self, out: Path, db_file: str | None) -> None:
+        self.folders: list[Path] = []
+        folder = out.absolute()
+        while not folder.exists():
+            self.folders.append(folder)
+            folder = folder.parent
+        self.db = Path(db_file).absolute() if db_file is not None else None
+        if self.db is not None and self.db.exists():
+            self.db = None  # not ours: never removed
+
+    def __call__(self) -> None:
+        if self.db is not None and self.db.exists() and _holds_no_events(self.db):
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{self.db}{suffix}").unlink(missing_ok=True)
+        for folder in self.folders:  # innermost first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or gone): keep it and everything above
+                break
+
+
+def _holds_no_events(db: Path) -> bool:
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            (count,) = conn.execute("SELECT count(*) FROM events").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False  # not a store we can read: leave it
+    return bool(count == 0)
 
 
 def _run_model(out: Path, settings: object, fresh: bool, quiet: bool) -> None:
@@ -100,8 +163,8 @@ def register(app: typer.Typer) -> None:
             "--out", help="Output folder (default runs/demo for the model, runs/expert "
             "for the expert).")] = None,
         db: Annotated[str | None, typer.Option(
-            "--db", help="Store URL for --policy expert (default: sqlite:///OUT/"
-            "branchpoint.db).")] = None,
+            "--db", help="--policy expert: the store, a SQLite file path or a URL, as for "
+            "the other commands (default: OUT/branchpoint.db).")] = None,
         env: Annotated[list[str] | None, typer.Option(
             "--env", help="Environment to use; repeat for several (default: fs and shop "
             "for the expert, fs for the model).")] = None,
@@ -112,7 +175,10 @@ def register(app: typer.Typer) -> None:
         branch_points: Annotated[int, typer.Option(
             "--branch-points", min=0, help="Forks along each main line.")] = 3,
         branches: Annotated[int, typer.Option(
-            "--branches", min=1, help="Continuations per fork.")] = 3,
+            "--branches", min=1, help="Candidate next steps drawn at each fork.")] = 3,
+        rollouts: Annotated[int, typer.Option(
+            "--rollouts", min=1, help="Continuations of each candidate to the end: its "
+            "value is the mean of their scores.")] = 4,
         engine: Annotated[str, typer.Option(
             "--engine", help="model: vllm (serve-model + sample, the default) or local "
             "(transformers in-process, where vLLM cannot run).")] = "vllm",
@@ -138,7 +204,16 @@ def register(app: typer.Typer) -> None:
         erring expert demonstrations, serve it, sample trees on training tasks, export
         step-level pairs, DPO, and measure held-out success before and after
         (runs/demo/report.json). --policy expert: play tasks with an erring expert, fork,
-        record, print stats and write the DPO export (runs/expert)."""
+        continue each candidate several times (--rollouts), record, print the stats (with
+        the pair precision against the expert's own mistake labels) and write the DPO
+        export, printing the export command that reproduces it (runs/expert)."""
+        from branchpoint.sampler.envs.registry import get_env
+
+        try:
+            for name in env or ():  # before anything is created
+                get_env(name)
+        except BranchpointError as exc:
+            raise fail(str(exc)) from None
         if policy is Policy.model:
             from branchpoint.train.deps import missing_train_modules, require_train
 
@@ -181,11 +256,22 @@ def register(app: typer.Typer) -> None:
         from branchpoint.sampler.demo import DemoConfig
 
         config = DemoConfig(envs=tuple(env or ("fs", "shop")), tasks=tasks, mistakes=mistakes,
-                            branch_points=branch_points, branches=branches)
-        folder = out or Path("runs/expert")
-        url = db or f"sqlite:///{(folder / 'branchpoint.db').as_posix()}"
-        folder.mkdir(parents=True, exist_ok=True)
+                            branch_points=branch_points, branches=branches,
+                            rollouts=rollouts)
+        out = out or Path("runs/expert")
+        url = store_url(db) if db else f"sqlite:///{(out / 'branchpoint.db').as_posix()}"
         try:
-            asyncio.run(_run(url, folder, config, quiet))
-        except (BranchpointError, ValueError) as exc:
+            for name in config.envs:  # before anything is created
+                get_env(name)
+        except BranchpointError as exc:
             raise fail(str(exc)) from None
+        undo = _Undo(out, sqlite_file(url))
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            asyncio.run(_run(url, out, config, quiet))
+        except (BranchpointError, ValueError, OSError, NotImplementedError) as exc:
+            undo()
+            raise fail(str(exc)) from None
+        except BaseException:
+            undo()
+            raise

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 import typer
 
-from branchpoint.cli.main import fail
+from branchpoint.cli.main import fail, given, usage_error
 from branchpoint.store.errors import UnknownEnvironment
 
 __all__ = ["register"]
@@ -70,6 +70,15 @@ def _typed_actions() -> Iterator[dict[str, Any]]:
         yield {"role": "assistant", "content": line}
 
 
+def _check_modes(ctx: typer.Context, *, expert: bool, actions: Path | None) -> None:
+    """Refuse options of one way of playing given with another (usage errors, exit 2)."""
+    if expert and actions is not None:
+        raise usage_error(ctx, "--expert and --actions cannot be combined")
+    for name, flag in (("mistakes", "--mistakes"), ("seed", "--seed")):
+        if given(ctx, name) and not expert:
+            raise usage_error(ctx, f"{flag} applies only with --expert")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("envs")
     def envs() -> None:
@@ -81,14 +90,15 @@ def register(app: typer.Typer) -> None:
 
     @env_app.command("play")
     def play(  # noqa: PLR0917 - a Typer command takes its options as parameters
+        ctx: typer.Context,
         env_name: Annotated[str, typer.Argument(metavar="ENV", help="Environment name.")],
         task: Annotated[int, typer.Option("--task", min=0, help="Task id (any split).")],
         expert: Annotated[bool, typer.Option("--expert", help="Let the scripted expert play.")
                           ] = False,
         mistakes: Annotated[float, typer.Option(
-            "--mistakes", min=0.0, max=1.0, help="The expert's mistake rate.")] = 0.0,
+            "--mistakes", min=0.0, max=1.0, help="With --expert: its mistake rate.")] = 0.0,
         seed: Annotated[int | None, typer.Option(
-            "--seed", help="The expert's seed (default: the task id).")] = None,
+            "--seed", help="With --expert: its seed (default: the task id).")] = None,
         actions: Annotated[Path | None, typer.Option(
             "--actions", exists=True, dir_okay=False, help="Play a file of actions.")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")
@@ -100,8 +110,7 @@ def register(app: typer.Typer) -> None:
         from branchpoint.sampler.envs.base import usage
         from branchpoint.sampler.envs.registry import make_env
 
-        if expert and actions is not None:
-            raise fail("--expert and --actions cannot be combined", 2)
+        _check_modes(ctx, expert=expert, actions=actions)
         options = {} if difficulty is None else {"difficulty": difficulty}
         try:
             env = make_env(env_name, task, **options)

@@ -8,7 +8,7 @@ and read them identically::
 
     @app.command()
     @tree_filters
-    def stats(db: DbOption, trees: TreeFilter) -> None: ...
+    def stats(db: ReadDbOption, trees: TreeFilter) -> None: ...
 
 The option values are checked before anything is opened: a time that is not ISO 8601, or
 ``--since`` not before ``--until``, is a usage error (exit 2).

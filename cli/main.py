@@ -39,7 +39,21 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-_SQLITE_URL = re.compile(r"sqlite(\+\w+)?://(?P<rest>[^?]*)")
+def given(ctx: typer.Context, name: str) -> bool:
+    """Whether the user set option ``name`` (on the command line or through an environment
+    variable), as opposed to leaving its default."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
+def usage_error(ctx: typer.Context, message: str) -> typer.Exit:
+    """Print the command's usage line and ``message`` to stderr; return the Exit (code 2)
+    to raise."""
+    typer.echo(ctx.get_usage(), err=True)
+    return fail(message, 2)
+
+
+_SQLITE_URL = re.compile(r"sqlite(\+\w+)?://(?P<rest>[^?]*)(\?.*)?")
 
 
 def store_url(value: str) -> str:
@@ -110,6 +124,7 @@ COMMANDS: dict[str, str] = {
     "demo": "branchpoint.cli.demo",
     "serve-model": "branchpoint.cli.serve_model",
     "sample": "branchpoint.cli.sample",
+    "branch": "branchpoint.cli.branch",
     "model": "branchpoint.cli.train",
     "train": "branchpoint.cli.train",
     "eval": "branchpoint.cli.train",

@@ -20,12 +20,12 @@ from branchpoint.store.errors import BranchpointError
 
 async def _serve(db: str, export_dir: Path | None) -> None:
     from branchpoint.mcp_server.server import run_stdio
-    from branchpoint.mcp_server.service import Recorder
+    from branchpoint.mcp_server.service import McpRecorder
     from branchpoint.store.log import open_log
 
     log = await open_log(db)
     try:
-        await run_stdio(Recorder(log, export_dir=export_dir))
+        await run_stdio(McpRecorder(log, export_dir=export_dir))
     finally:
         await log.close()
 

@@ -107,8 +107,9 @@ async def _progress(stats: Any, done: asyncio.Event, tty: bool) -> None:
             print(_line(stats), file=sys.stderr, flush=True)
 
 
-async def _run(db: str, config: Any, base_url: str, *, action_format: str, quiet: bool,
-               api_key: str) -> int:
+async def _run(db: str, config: Any, base_url: str, *, action_format: str,  # noqa: PLR0915
+               quiet: bool, api_key: str, lease_seconds: float) -> int:
+    from branchpoint.sampler.claims import open_claims
     from branchpoint.sampler.envs.registry import make_env
     from branchpoint.sampler.grow import RunStats, run_name, sample_run
     from branchpoint.sampler.policy import ChatPolicy
@@ -143,20 +144,23 @@ async def _run(db: str, config: Any, base_url: str, *, action_format: str, quiet
             shown = asyncio.create_task(_progress(stats, done, sys.stderr.isatty() and
                                                   not quiet)) if not quiet else None
             try:
-                outcomes = await sample_run(config, policy, log, use_tools=use_tools,
-                                            stats=stats)
+                claims = open_claims(db, lease_seconds=lease_seconds)
+                try:
+                    await sample_run(config, policy, log, use_tools=use_tools,
+                                     stats=stats, claims=claims)
+                finally:
+                    await claims.close()
             finally:
                 done.set()
                 if shown is not None:
                     await shown
-            ids = {o.tree_id for o in outcomes}
             pairs = None
             try:
                 report = await compute_stats(log, ExportOptions())
                 pairs = getattr(report, "pairs", None)
             except BranchpointError:
                 pairs = None
-            _summary(stats, outcomes, pairs, len(ids))
+            _summary(stats, pairs)
         finally:
             await log.close()
     finally:
@@ -164,13 +168,15 @@ async def _run(db: str, config: Any, base_url: str, *, action_format: str, quiet
     return 0
 
 
-def _summary(stats: Any, outcomes: list[Any], pairs: Any, trees: int) -> None:
+def _summary(stats: Any, pairs: Any) -> None:
     closed = ", ".join(f"{k} {v}" for k, v in sorted(stats.closed.items())) or "none"
     errors = ", ".join(f"{k} {v}" for k, v in sorted(stats.errors.items())) or "none"
     rate = stats.completion_tokens / stats.seconds if stats.seconds > 0 else 0.0
-    typer.echo(f"trees: {trees} ({stats.trees_done - stats.trees_skipped} sampled, "
-               f"{stats.trees_resumed} resumed, {stats.trees_skipped} already closed); "
-               f"closed: {closed}")
+    sampled = stats.trees_done - stats.trees_skipped
+    elsewhere = stats.trees_total - sampled
+    typer.echo(f"trees: {stats.trees_total} in the run, {sampled} sampled here "
+               f"({stats.trees_resumed} resumed), {elsewhere} finished before or by other "
+               f"workers; closed here: {closed}")
     typer.echo(f"nodes: {stats.nodes} new; leaves: {stats.leaves}; requests: "
                f"{stats.requests}; completion tokens: {stats.completion_tokens} "
                f"({rate:.0f}/s); wall time: {stats.seconds:.1f} s")
@@ -221,6 +227,10 @@ def register(app: typer.Typer) -> None:
         ] = None,
         api_key: Annotated[str, typer.Option("--api-key", envvar="OPENAI_API_KEY")
                            ] = "EMPTY",
+        lease_seconds: Annotated[float, typer.Option(
+            "--lease-seconds", min=1.0,
+            help="How long a claimed task stays this worker's without renewal (renewed "
+                 "every third of it while the worker lives).")] = 300.0,
         quiet: Annotated[bool, typer.Option("--quiet", help="No progress display.")
                          ] = False,
     ) -> None:
@@ -254,7 +264,7 @@ def register(app: typer.Typer) -> None:
         started = time.monotonic()
         try:
             asyncio.run(_run(db, config, base_url, action_format=action_format.value,
-                             quiet=quiet, api_key=api_key))
+                             quiet=quiet, api_key=api_key, lease_seconds=lease_seconds))
         except EndpointUnusable as exc:
             raise fail(f"{exc} (nothing was stored)") from None
         except BranchpointError as exc:

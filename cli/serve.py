@@ -1,33 +1,30 @@
 """``branchpoint serve``: the API, the viewer and the mounted parts, under uvicorn.
 
-:func:`build_app` is where the parts are put together; a part (the recording proxy, the
-MCP endpoint) is one line in :func:`parts`. With ``--workers N`` uvicorn starts N
-processes, each building its app from the environment (:func:`app_from_env`).
+The app is put together in :mod:`branchpoint.cli.app` (:func:`~branchpoint.cli.app.build_app`;
+a part such as the recording proxy or the MCP endpoint is one line in its ``parts``). With
+``--workers N`` uvicorn starts N processes, each building its app from the environment
+(:func:`~branchpoint.cli.app.app_from_env`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
 import os
 import re
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Annotated, Any
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from branchpoint.cli.main import DbOption, fail
-
-if TYPE_CHECKING:
-    from litestar import Litestar
-    from litestar.types import ASGIApp, ControllerRouterHandler
-
-    from branchpoint.cli.app import ServeConfig
+from branchpoint.store.errors import BranchpointError
 
 logger = logging.getLogger("branchpoint.serve")
 
-ENV_CONFIG = "BRANCHPOINT_SERVE_CONFIG"
 _SIZE = re.compile(r"^\s*(\d+)\s*(|b|k|kb|kib|m|mb|mib|g|gb|gib)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2,
           "mib": 1024**2, "g": 1024**3, "gb": 1000**3, "gib": 1024**3}
@@ -55,31 +52,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def parts(config: ServeConfig) -> tuple[list[ControllerRouterHandler], dict[str, ASGIApp]]:
-    """The parts mounted beside the API and the viewer: ``(extra_routes, mounts)``.
-    Each part adds one line here (the recording proxy's router to ``routes``, the MCP
-    endpoint's ASGI app to ``mounts["/mcp"]``; ``config.stateless`` says whether several
-    workers share the load)."""
-    routes: list[ControllerRouterHandler] = []
-    mounts: dict[str, ASGIApp] = {}
-    return routes, mounts
+async def _probe(db: str) -> None:
+    """Open and close the store once, so that a store that cannot be opened is a clear
+    error before uvicorn starts, not a failed start-up inside it.
 
+    Raises:
+        StoreUnavailable: the database cannot be opened or reached.
+        ValueError: the URL names no supported backend.
+    """
+    from branchpoint.store.log import open_log
 
-def build_app(db: str, config: ServeConfig) -> Litestar:
-    """The whole app over the store at ``db`` (opened at start-up)."""
-    from branchpoint.cli.app import create_app
-
-    routes, mounts = parts(config)
-    return create_app(db, config, extra_routes=routes, mounts=mounts)
-
-
-def app_from_env() -> Litestar:
-    """uvicorn's factory in each worker process: the app from ``$BRANCHPOINT_SERVE_CONFIG``."""
-    from branchpoint.cli.app import ServeConfig
-
-    raw: dict[str, Any] = json.loads(os.environ[ENV_CONFIG])
-    db = raw.pop("db")
-    return build_app(db, ServeConfig(**raw))
+    log = await open_log(db)
+    await log.close()
 
 
 def register(app: typer.Typer) -> None:
@@ -100,12 +84,27 @@ def register(app: typer.Typer) -> None:
         insecure: Annotated[bool, typer.Option(
             "--insecure", help="Allow listening beyond loopback without a token.")] = False,
         log_level: Annotated[str, typer.Option("--log-level")] = "info",
+        export_dir: Annotated[Path | None, typer.Option(
+            "--export-dir", exists=True, file_okay=False, dir_okay=True, resolve_path=True,
+            help="The one folder the MCP export tool may write files under (default: "
+            "none; MCP exports are returned inline only).")] = None,
+        upstream: Annotated[str | None, typer.Option(
+            "--upstream", help="OpenAI-compatible endpoint the recording proxy "
+            "(/proxy/TRAJECTORY_ID/v1) forwards to, e.g. http://127.0.0.1:8001.")] = None,
+        upstream_key: Annotated[str | None, typer.Option(
+            "--upstream-key", envvar="BRANCHPOINT_UPSTREAM_KEY", show_default=False,
+            help="API key sent to the upstream (default: $BRANCHPOINT_UPSTREAM_KEY).")
+        ] = None,
     ) -> None:
         """Serve the API (/v1, OpenAPI at /schema/openapi.json), the tree viewer (/) and
         the mounted parts with uvicorn."""
-        import uvicorn
+        try:
+            import uvicorn
 
-        from branchpoint.cli.app import ServeConfig
+            from branchpoint.cli.app import ENV_CONFIG, ServeConfig, build_app
+        except ImportError as exc:
+            raise fail(f"branchpoint serve needs the server extra ({exc.name} is missing): "
+                       f"pip install 'branchpoint[server]'") from None
 
         try:
             limit = parse_size(max_body)
@@ -122,12 +121,19 @@ def register(app: typer.Typer) -> None:
         if workers > 1 and db.startswith("memory:"):
             raise fail("--workers > 1 needs a shared store (PostgreSQL, or a SQLite file); "
                        "each worker would get its own memory:// log", 2)
-        config = ServeConfig(token=token or None, max_body=limit, stateless=workers > 1)
+        try:
+            asyncio.run(_probe(db))
+        except (BranchpointError, ValueError) as exc:  # ValueError: a URL of no backend
+            raise fail(str(exc)) from None
+        config = ServeConfig(token=token or None, max_body=limit, stateless=workers > 1,
+                             export_dir=str(export_dir) if export_dir else None,
+                             upstream=upstream.removesuffix("/v1") if upstream else None,
+                             upstream_key=upstream_key or None)
         typer.echo(f"serving {db} on http://{host}:{port}/ (workers: {workers}, "
                    f"token: {'yes' if token else 'no'})", err=True)
         if workers == 1:
             uvicorn.run(build_app(db, config), host=host, port=port, log_level=log_level)
         else:
             os.environ[ENV_CONFIG] = json.dumps({"db": db, **asdict(config)})
-            uvicorn.run("branchpoint.cli.serve:app_from_env", factory=True, host=host,
+            uvicorn.run("branchpoint.cli.app:app_from_env", factory=True, host=host,
                         port=port, workers=workers, log_level=log_level)

@@ -40,6 +40,11 @@ def register(app: typer.Typer) -> None:
         log: Annotated[Path | None, typer.Option(
             "--log", help="Server log file (default: ~/.cache/branchpoint/logs/vllm-PORT.log).")
         ] = None,
+        content_format: Annotated[str, typer.Option(
+            "--content-format",
+            help="How vLLM passes message content to the chat template: string (as "
+                 "transformers does), openai (content parts) or auto (vLLM guesses from "
+                 "the template).")] = "string",
         startup_timeout: Annotated[float, typer.Option(
             "--startup-timeout", min=1.0, help="Seconds to wait for the server to answer.")
         ] = 600.0,
@@ -51,12 +56,15 @@ def register(app: typer.Typer) -> None:
         path = Path(model)
         if not path.exists() and model.startswith(("/", ".", "~")):
             raise fail(f"model folder {model!r} does not exist")
+        if content_format not in ("string", "openai", "auto"):
+            raise fail(f"--content-format {content_format!r}: use string, openai or auto")
         if path.exists() and not (path / "config.json").exists():
             raise fail(f"{model!r} is not a model folder (no config.json)")
         config = ServeConfig(model=str(path.resolve()) if path.exists() else model,
                              port=port, served_name=served_name or None,
                              max_model_len=max_model_len, tool_call_parser=tool_call_parser,
-                             venv=venv, startup_timeout=startup_timeout)
+                             venv=venv, startup_timeout=startup_timeout,
+                             content_format=content_format)
         server = ModelServer(config, log_path=log)
         stop = threading.Event()
 

@@ -36,7 +36,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from branchpoint.mcp_server.server import build_server
-from branchpoint.mcp_server.service import Recorder
+from branchpoint.mcp_server.service import McpRecorder
 from branchpoint.store.log import EventLog
 
 __all__ = ["McpHttp", "mcp_mount"]
@@ -58,9 +58,9 @@ class McpHttp:
                  json_response: bool = False, check_host: bool = True) -> None:
         self._find_log: Callable[[Scope], EventLog] | None = None
         if isinstance(log, EventLog):
-            self.recorder = Recorder(log, export_dir=export_dir)
+            self.recorder = McpRecorder(log, export_dir=export_dir)
         else:
-            self.recorder = Recorder(None, export_dir=export_dir)
+            self.recorder = McpRecorder(None, export_dir=export_dir)
             self._find_log = log
         self.server = build_server(self.recorder)
         # streamable_http_app() is the SDK's public way to make the session manager; its
@@ -124,8 +124,14 @@ class McpHttp:
 
 
 class _ServeConfig(Protocol):
-    token: str | None
-    stateless: bool
+    """What :func:`mcp_mount` reads of ``branchpoint serve``'s ``ServeConfig``."""
+
+    @property
+    def token(self) -> str | None: ...
+    @property
+    def stateless(self) -> bool: ...
+    @property
+    def export_dir(self) -> str | None: ...
 
 
 def _app_log(scope: Scope) -> EventLog:
@@ -137,7 +143,7 @@ def _app_log(scope: Scope) -> EventLog:
 def mcp_mount(config: _ServeConfig) -> McpHttp:
     """The MCP endpoint for ``branchpoint serve``: mount it at ``/mcp``. It reads the
     app's log from ``app.state.log``, is stateless when ``config.stateless`` (several
-    workers), writes exports only under ``config.export_dir`` (when the config has one),
-    and checks the Host header for loopback when no token guards the server."""
-    return McpHttp(_app_log, export_dir=getattr(config, "export_dir", None),
+    workers), writes exports only under ``config.export_dir`` (none when None), and
+    checks the Host header for loopback when no token guards the server."""
+    return McpHttp(_app_log, export_dir=config.export_dir,
                    stateless=config.stateless, check_host=config.token is None)

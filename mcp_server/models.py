@@ -184,7 +184,10 @@ class TreeSummary(BaseModel):
     closed: str | None = Field(description="Why the tree was closed; None while open.")
     node_count: int
     max_depth: int
-    nodes: list[NodeSummary] = Field(description="Every node, in the order recorded.")
+    nodes: list[NodeSummary] = Field(description="The nodes in the order recorded: all of "
+                                                 "them, or max_nodes (those on the path "
+                                                 "first) when nodes_truncated.")
+    nodes_truncated: bool
     branching_points: list[BranchPoint]
     leaves: list[str]
     best_leaf: str | None = Field(description="The leaf with the highest value, if any.")

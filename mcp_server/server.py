@@ -1,7 +1,7 @@
 """The MCP server: branchpoint's tools and tree resources on the official ``mcp`` SDK.
 
 :func:`build_server` registers seven tools and one resource template on an
-:class:`mcp.server.MCPServer` over a :class:`~branchpoint.mcp_server.service.Recorder`.
+:class:`mcp.server.MCPServer` over a :class:`~branchpoint.mcp_server.service.McpRecorder`.
 This layer is thin: typed arguments in (the SDK validates them against the schemas it
 derives from the annotations below), the recorder's result out as structured content, and
 every refusal turned into a tool error (``is_error``) whose text says what was wrong, so
@@ -28,7 +28,7 @@ from pydantic import Field
 
 from branchpoint.mcp_server import models as m
 from branchpoint.mcp_server.service import (
-    Recorder,
+    McpRecorder,
     RequestRefused,
     describe_invalid,
 )
@@ -58,7 +58,6 @@ Score nodes with score (0 = failed, 1 = fully done; leaves matter most) as soon 
 how well they went. get_tree shows a tree compactly; list_trees finds trees; export gives
 training data (dpo pairs come from forks whose branches scored differently)."""
 
-Text = Annotated[str, Field(min_length=1)]
 TreeId = Annotated[str, Field(min_length=1, description="The tree, as start_trajectory "
                                                         "returned it.")]
 Format = Literal["dpo", "steps", "sft", "trajectory-pairs", "stepwise"]
@@ -106,6 +105,8 @@ def _tool_errors() -> Iterator[None]:
         raise ToolError(f"the store cannot be reached: {exc}") from exc
     except (BranchpointError, ValueError) as exc:
         raise ToolError(str(exc)) from exc
+    except OSError as exc:  # writing an export file: permissions, a full disk
+        raise ToolError(f"could not write the export: {exc}") from exc
 
 
 def _dump(model: Any) -> dict[str, Any]:
@@ -119,12 +120,15 @@ def _dump(model: Any) -> dict[str, Any]:
     return d
 
 
-def build_server(recorder: Recorder, *, name: str = "branchpoint") -> MCPServer:
+def build_server(recorder: McpRecorder, *, name: str = "branchpoint") -> MCPServer:
     """An MCP server whose tools record into and read from ``recorder``'s log."""
     srv: MCPServer = MCPServer(name, instructions=INSTRUCTIONS, log_level="WARNING")
     writes = ToolAnnotations(read_only_hint=False, destructive_hint=False,
                              idempotent_hint=False, open_world_hint=False)
     reads = ToolAnnotations(read_only_hint=True, open_world_hint=False)
+    # export reads the store; with path and overwrite it replaces a file in the export folder
+    exports = ToolAnnotations(read_only_hint=False, destructive_hint=True,
+                              idempotent_hint=True, open_world_hint=False)
 
     @srv.tool(annotations=writes)
     async def start_trajectory(
@@ -243,13 +247,16 @@ def build_server(recorder: Recorder, *, name: str = "branchpoint") -> MCPServer:
         text_limit: Annotated[int, Field(
             ge=20, le=20_000, description="Cut each action and observation to this many "
                                           "characters.")] = 200,
+        max_nodes: Annotated[int, Field(
+            ge=1, le=5000, description="List at most this many nodes (those on the path "
+                                       "first); the rest are counted, not shown.")] = 200,
     ) -> m.TreeSummary:
         """Look at one tree compactly: every node with its action and observation as short
         text, scores and values, the branching points, the leaves, the best leaf and a
         path. The full tree is the resource at resource_uri."""
         with _tool_errors():
             return await recorder.get_tree(tree_id=tree_id, node_id=node_id,
-                                           text_limit=text_limit)
+                                           text_limit=text_limit, max_nodes=max_nodes)
 
     @srv.tool(annotations=reads)
     async def list_trees(
@@ -270,7 +277,7 @@ def build_server(recorder: Recorder, *, name: str = "branchpoint") -> MCPServer:
         with _tool_errors():
             return await recorder.list_trees(where, limit=limit)
 
-    @srv.tool(annotations=writes, description=(
+    @srv.tool(annotations=exports, description=(
         "Export training data as JSON Lines (one example per line, the same bytes as "
         "`branchpoint export`) from the trees the filters select (default: all). Returned "
         f"inline up to {recorder.inline_limit:,} bytes; a "
@@ -335,7 +342,7 @@ def build_server(recorder: Recorder, *, name: str = "branchpoint") -> MCPServer:
     return srv
 
 
-async def run_stdio(recorder: Recorder) -> None:
+async def run_stdio(recorder: McpRecorder) -> None:
     """Serve ``recorder`` over this process's stdin and stdout until stdin closes.
 
     While it runs, the SDK points fd 1 at stderr for everything but its own writer, so

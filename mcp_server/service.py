@@ -1,6 +1,6 @@
 """What the MCP tools do, over an event log, with no MCP in sight.
 
-:class:`Recorder` is the adapter between an agent's tool calls and the store: it turns
+:class:`McpRecorder` is the adapter between an agent's tool calls and the store: it turns
 "I started this task", "I took this step and saw this", "I go back to that step", "that
 went well" into events written through the shared builder
 (:mod:`branchpoint.store.builder`), and answers reads (a tree in brief, a listing, an
@@ -8,10 +8,12 @@ export) from the store's folds and export generators. The MCP layer
 (:mod:`branchpoint.mcp_server.server`) only maps arguments in and errors out, so every rule
 here is tested without a transport.
 
-Every write reads the tree, resumes a builder over it and appends what the builder made, in
-one batch: a refused call stores nothing. Node ids are ``mcp.K``; two processes that mint
-the same K at once collide on the event id, the store refuses the second batch, and it is
-retried from a fresh read (:data:`RETRIES`), so several server workers can share one store.
+Every write resumes a builder over the tree as stored and appends what the builder made, in
+one batch: a refused call stores nothing. The builder of a tree written lately is kept and
+reused while the tree's head count shows that nobody else wrote (a cheap read; otherwise
+the tree is read in full). Node ids are ``mcp.K``; two processes that mint the same K at
+once collide on the event id, the store refuses the second batch, and it is retried from a
+fresh read (:data:`RETRIES`), so several server workers can share one store.
 """
 
 from __future__ import annotations
@@ -40,8 +42,10 @@ from branchpoint.store.errors import (
 from branchpoint.store.events import Event, NodeCreated
 from branchpoint.store.exports import FORMATS, ExportOptions, TreeView, export_lines, render_message
 from branchpoint.store.log import EventLog, TreeFilter
+from branchpoint.store.tree import fold
+from branchpoint.store.values import node_values
 
-__all__ = ["INLINE_LIMIT", "RETRIES", "WRITER", "Recorder", "RequestRefused", "tree_uri"]
+__all__ = ["INLINE_LIMIT", "RETRIES", "WRITER", "McpRecorder", "RequestRefused", "tree_uri"]
 
 #: The most bytes an export returns inline; larger ones must go to a file.
 INLINE_LIMIT: Final = 1_000_000
@@ -49,6 +53,8 @@ INLINE_LIMIT: Final = 1_000_000
 WRITER: Final = "mcp"
 #: Attempts at a write that collides with another writer's ids before giving up.
 RETRIES: Final = 5
+#: How many trees' builders a recorder keeps between calls.
+CACHED_TREES: Final = 256
 #: Default env of a trajectory whose caller names none.
 DEFAULT_ENV: Final = "mcp"
 
@@ -71,7 +77,7 @@ def _new_tree_id() -> str:
     return f"mcp-{uuid4().hex[:20]}"
 
 
-class Recorder:
+class McpRecorder:
     """The MCP tools' logic over one event log.
 
     ``export_dir`` is the one folder exports may be written under (None: writing files
@@ -88,6 +94,8 @@ class Recorder:
         self.inline_limit = inline_limit
         self._clock = clock
         self._new_tree_id = new_tree_id
+        # The builders of the trees written last, in use order (see _resume).
+        self._cache: dict[str, TreeBuilder] = {}
         # One writer per tree at a time in this process; other processes are handled by
         # retrying on an id collision.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
@@ -127,14 +135,38 @@ class Recorder:
         events: list[Event] = await self.log.read_tree(tree_id)  # TreeNotFound propagates
         return events
 
+    async def _resume(self, tree_id: str, *, fresh: bool = False) -> TreeBuilder:
+        """A builder over ``tree_id`` as stored now, taken out of the cache.
+
+        The cached builder of a tree this process wrote last is reused when the tree still
+        holds exactly the events it has seen (the count of the tree's heads, which are
+        cheap to read, matches; events are never deleted and re-sent ones are stored
+        once, so an equal count means nobody else wrote). Otherwise, or with ``fresh``,
+        the tree is read in full.
+        """
+        cached = self._cache.pop(tree_id, None)
+        if cached is not None and not fresh:
+            heads = await self.log.read_heads(tree_id)
+            if len(heads) == len(cached.state.event_ids):
+                return cached
+        return self._builder(tree_id, await self._read(tree_id))
+
+    def _keep(self, b: TreeBuilder) -> None:
+        self._cache[b.tree_id] = b
+        while len(self._cache) > CACHED_TREES:
+            self._cache.pop(next(iter(self._cache)))
+
     async def _write(self, tree_id: str, make: Callable[[TreeBuilder], _T]) -> _T:
-        """Resume ``tree_id``, let ``make`` add events, append them as one batch."""
+        """Resume ``tree_id``, let ``make`` add events, append them as one batch.
+
+        A builder that failed (``make`` refused, the store refused) is dropped: it may
+        hold events that were never stored."""
         lock = self._locks.get(tree_id)
         if lock is None:
             lock = self._locks[tree_id] = asyncio.Lock()
         async with lock:
             for attempt in range(RETRIES):
-                b = self._builder(tree_id, await self._read(tree_id))
+                b = await self._resume(tree_id, fresh=attempt > 0)
                 result = make(b)
                 try:
                     await self.log.append(b.take())
@@ -142,6 +174,7 @@ class Recorder:
                     if attempt == RETRIES - 1:
                         raise
                     continue  # another process took these ids: read again and redo
+                self._keep(b)
                 return result
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -173,6 +206,7 @@ class Recorder:
         b = self._builder(tree_id)
         root = b.root(messages, task, tools=tools or None, origin="mcp", meta=meta)
         await self.log.append(b.take())
+        self._keep(b)
         return m.StartResult(tree_id=tree_id, root_node_id=root, env=env, task_id=task_id,
                              resource_uri=tree_uri(tree_id))
 
@@ -210,7 +244,8 @@ class Recorder:
             TreeNotFound: no such tree.
             RequestRefused: no such node, or it ended its episode.
         """
-        b = self._builder(tree_id, await self._read(tree_id))
+        b = await self._resume(tree_id)
+        self._keep(b)  # reading changes nothing in it
         _check_branchable(b, tree_id, node_id)
         path = replay_path(b.state, node_id)
         conversation = list(path.messages)
@@ -241,17 +276,18 @@ class Recorder:
             b.score(node_id, value, source=source, detail=detail)
 
         await self._write(tree_id, make)
-        view = TreeView(tree_id, await self._read(tree_id), ExportOptions())
-        root = view.graph.graph["root"]
+        g = fold(tree_id, await self.log.read_heads(tree_id))
+        values = node_values(g)
         return m.ScoreResult(tree_id=tree_id, node_id=node_id, value=value, source=source,
-                             node_value=view.values.get(node_id),
-                             root_value=view.values.get(root))
+                             node_value=values.get(node_id),
+                             root_value=values.get(g.graph["root"]))
 
     # --- reading ----------------------------------------------------------------------------
 
     async def get_tree(self, *, tree_id: str, node_id: str | None = None,
-                       text_limit: int = 200) -> m.TreeSummary:
-        """A compact view of one tree.
+                       text_limit: int = 200, max_nodes: int = 200) -> m.TreeSummary:
+        """A compact view of one tree: at most ``max_nodes`` nodes (those on the path
+        first, then the others in the order recorded), texts cut to ``text_limit``.
 
         Raises:
             TreeNotFound: no such tree.
@@ -267,10 +303,21 @@ class Recorder:
                             and ev.payload.parent_id is None)
         assert isinstance(root_payload, NodeCreated)
         task = root_payload.task or {}
+        path = view.path(node_id if node_id is not None else order[-1])
+        shown = set(path[:max_nodes])
+        for n in order:
+            if len(shown) >= max_nodes:
+                break
+            shown.add(n)
         nodes, points = [], []
         for n in order:
             attrs = g.nodes[n]
             children = sorted(g.successors(n), key=lambda c: g.nodes[c]["seq"])
+            if len(children) >= 2:
+                points.append(m.BranchPoint(node_id=n, children={
+                    c: view.values.get(c) for c in children}))
+            if n not in shown:
+                continue
             parent = next(iter(g.predecessors(n)), None)
             obs = view.observations.get(n)
             nodes.append(m.NodeSummary(
@@ -282,9 +329,6 @@ class Recorder:
                 done=attrs["done"],
                 scores={s: v for s, (_, v) in sorted(attrs["scores"].items())},
                 value=view.values.get(n), children=children))
-            if len(children) >= 2:
-                points.append(m.BranchPoint(node_id=n, children={
-                    c: view.values.get(c) for c in children}))
         leaves = view.leaves()
         valued = [n for n in leaves if n in view.values and n != g.graph["root"]]
         best = max(valued, key=lambda n: view.values[n], default=None)
@@ -294,8 +338,8 @@ class Recorder:
             origin=root_payload.origin, closed=g.graph["closed"],
             node_count=g.number_of_nodes(),
             max_depth=max((g.nodes[n]["depth"] for n in g), default=0), nodes=nodes,
-            branching_points=points, leaves=leaves, best_leaf=best,
-            path=view.path(node_id if node_id is not None else order[-1]))
+            nodes_truncated=len(nodes) < len(order), branching_points=points,
+            leaves=leaves, best_leaf=best, path=path)
 
     async def tree_document(self, tree_id: str) -> Message:
         """The whole tree as one JSON object (the resource's content): the task, the

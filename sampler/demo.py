@@ -1,10 +1,17 @@
 """The expert demo: the whole data path, from environment play to a DPO export.
 
 For each of a few hundred training tasks of each environment, an erring scripted expert
-plays the task (the main line). At several steps of that line the environment is forked
-and the expert continues each fork with another mistake draw, so the tree grows siblings
-whose leaves the checker scores with partial credit. Every step is recorded as events into
-the store, tree by tree; the stats and the DPO export are then derived from the log alone.
+plays the task (the main line). At several steps of that line (the branch points) the
+environment is forked and the expert draws ``branches`` next steps with other mistake
+draws (the candidates); each candidate is continued ``rollouts`` times to the end, so its
+value is a mean over that many scored continuations rather than one noisy one. The
+checker scores every leaf with partial credit. Every step is recorded as events into the
+store, tree by tree; the stats and the DPO export are then derived from the log alone.
+
+Every step records what drew it: ``produced_by = {"policy": "expert", "mistakes",
+"seed", "mistake"}``, ``mistake`` being the expert's own ground truth
+(:meth:`~branchpoint.sampler.expert.Expert.decide`); a candidate drawn several times at
+one branch point also records ``count``, the number of identical draws.
 
 Trees get deterministic ids (``demo/ENV/TASK``) and a tree already in the store is
 skipped, so an interrupted demo picks up where it stopped.
@@ -15,17 +22,24 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
 
-from branchpoint.sampler.envs.base import Environment, tasks_in_split
+from branchpoint.sampler.envs.base import Check, Environment, StepResult, tasks_in_split
 from branchpoint.sampler.envs.registry import make_env
+from branchpoint.sampler.expert import Decision
 from branchpoint.sampler.fork import fork
 from branchpoint.sampler.record import TreeRecorder
+from branchpoint.store.actions import same_action
 from branchpoint.store.events import Event
+from branchpoint.store.exports import ExportOptions
 from branchpoint.store.log import EventLog, TreeFilter
 
-__all__ = ["DemoConfig", "DemoReport", "grow_tree", "run_demo"]
+__all__ = ["DEMO_PAIRS", "DemoConfig", "DemoReport", "grow_tree", "run_demo"]
+
+# The pair settings the demo exports with, chosen with its sampling defaults (3 branch
+# points, 3 branches, 4 rollouts) by bench/bench_pairs.py; the figures are in the README.
+DEMO_PAIRS: Final = ExportOptions(margin=0.2, discount=0.9)
 
 
 @dataclass(frozen=True)
@@ -34,8 +48,13 @@ class DemoConfig:
     tasks: int = 200  # per environment, from the train split
     mistakes: float = 0.25  # the expert's error rate on every line
     branch_points: int = 3  # forks along the main line
-    branches: int = 3  # continuations per fork
+    branches: int = 3  # candidates drawn per fork
+    rollouts: int = 4  # continuations of each candidate
     batch_trees: int = 25  # trees per atomic append
+
+    def __post_init__(self) -> None:
+        if self.rollouts < 1:
+            raise ValueError(f"rollouts must be >= 1, got {self.rollouts}")
 
 
 @dataclass
@@ -47,31 +66,88 @@ class DemoReport:
     leaf_scores: dict[str, list[float]] = field(default_factory=dict)
 
 
-def _play(env: Environment, recorder: TreeRecorder, messages: list[dict[str, Any]],
-          parent: str, *, seed: str, mistakes: float,
-          on_step: Callable[[str, Environment, list[dict[str, Any]]], None] | None = None
-          ) -> str:
-    """Let the expert play ``env`` from ``parent`` to the end; returns the leaf's id."""
+def _produced_by(mistakes: float, step: _Step, count: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"policy": "expert", "mistakes": mistakes, "seed": step.seed,
+                           "mistake": step.decision.mistake}
+    if count > 1:
+        out["count"] = count
+    return out
+
+
+@dataclass
+class _Step:
+    decision: Decision
+    seed: str
+    result: StepResult
+    latency_ms: float
+    drawn: bool  # the expert chose this step here (False: replayed to reach a fork)
+
+
+def _play(env: Environment, messages: list[dict[str, Any]], *, seed: str, mistakes: float,
+          on_step: Callable[[int, Environment, list[dict[str, Any]]], None] | None = None,
+          first: tuple[Decision, str, bool] | None = None) -> list[_Step]:
+    """Let the expert play ``env`` to the end; returns its steps. ``first``: the first step
+    is this candidate ``(decision, its seed, whether it counts as drawn here)``."""
     expert = env.expert(mistakes=mistakes, seed=seed)
-    node = parent
+    steps: list[_Step] = []
     while True:
         if on_step is not None:
-            on_step(node, env, messages)
-        action = expert.act(messages)
+            on_step(len(steps), env, messages)
+        if first is not None:
+            decision, step_seed, drawn = first
+            first = None
+        else:
+            decision, step_seed, drawn = expert.decide(messages), seed, True
         started = time.perf_counter()
-        result = env.step(action)
-        latency = (time.perf_counter() - started) * 1000
-        node = recorder.step(node, action, result, latency_ms=round(latency, 3),
-                             produced_by={"policy": "expert", "mistakes": mistakes,
-                                          "seed": seed})
-        messages = [*messages, action, *result.observation]
+        result = env.step(decision.message)
+        latency = round((time.perf_counter() - started) * 1000, 3)
+        steps.append(_Step(decision, step_seed, result, latency, drawn))
+        messages = [*messages, decision.message, *result.observation]
         if result.done:
-            return node
+            return steps
+
+
+@dataclass
+class _Trie:
+    """Paths merged where they take the same step: a node of the tree before it is
+    recorded, with the number of paths that drew it (its ``produced_by.count``)."""
+
+    step: _Step | None = None
+    count: int = 0
+    check: Check | None = None
+    children: list[_Trie] = field(default_factory=list)
+
+    def add(self, steps: Sequence[_Step], check: Check) -> None:
+        node = self
+        for st in steps:
+            child = next((c for c in node.children if c.step is not None
+                          and same_action(c.step.decision.message, st.decision.message)
+                          and c.step.result == st.result), None)
+            if child is None:
+                child = _Trie(st)
+                node.children.append(child)
+            child.count += st.drawn
+            node = child
+        node.check = check
+
+    def record(self, recorder: TreeRecorder, parent: str, mistakes: float) -> None:
+        # Depth first, children in the order they were first taken; explicit stack, so a
+        # long episode needs no recursion.
+        todo: list[tuple[str, _Trie]] = [(parent, c) for c in reversed(self.children)]
+        while todo:
+            at, t = todo.pop()
+            assert t.step is not None
+            node = recorder.step(at, t.step.decision.message, t.step.result,
+                                 latency_ms=t.step.latency_ms,
+                                 produced_by=_produced_by(mistakes, t.step, max(1, t.count)))
+            if t.check is not None:
+                recorder.score(node, t.check)
+            todo.extend((node, c) for c in reversed(t.children))
 
 
 def grow_tree(env_name: str, task_id: int, config: DemoConfig,
               tree_id: str | None = None) -> tuple[list[Event], list[float]]:
-    """The events of one demo tree, and its leaves' scores."""
+    """The events of one demo tree, and its rollouts' scores (one per path played)."""
     tree_id = tree_id or f"demo/{env_name}/{task_id}"
     recorder = TreeRecorder(tree_id, origin="sampler")
     rng = random.Random(f"{env_name}/{task_id}")
@@ -79,47 +155,59 @@ def grow_tree(env_name: str, task_id: int, config: DemoConfig,
     # The branch points are a uniform sample of the main line's steps, drawn while it is
     # played (reservoir sampling): its length is unknown until it ends, and holding a fork
     # of every step would cost a sandbox each on environments that fork on disk.
-    forks: list[tuple[int, str, Environment, list[dict[str, Any]]]] = []
-    steps = 0
+    forks: list[tuple[int, Environment, list[dict[str, Any]]]] = []
 
-    def keep_fork(node: str, env: Environment, messages: list[dict[str, Any]]) -> None:
-        nonlocal steps
-        slot = len(forks) if len(forks) < config.branch_points else rng.randint(0, steps)
-        steps += 1
+    def keep_fork(index: int, env: Environment, messages: list[dict[str, Any]]) -> None:
+        slot = len(forks) if len(forks) < config.branch_points else rng.randint(0, index)
         if slot < config.branch_points:
-            kept = (steps, node, fork(env), messages)
+            kept = (index, fork(env), messages)
             if slot < len(forks):
-                forks[slot][2].close()
+                forks[slot][1].close()
                 forks[slot] = kept
             else:
                 forks.append(kept)
 
+    # Every path is played first and recorded after, merged into a trie, so that a node
+    # records how many times the expert drew it where it stands.
+    trie = _Trie()
     env = make_env(env_name, task_id)
     try:
         try:
             opening = env.reset()
-            root = recorder.root(env.task, opening)
-            leaf = _play(env, recorder, list(opening.messages), root, seed=f"{task_id}/main",
+            task = env.task
+            main = _play(env, list(opening.messages), seed=f"{task_id}/main",
                          mistakes=config.mistakes, on_step=keep_fork)
             check = env.check()
-            recorder.score(leaf, check)
+            trie.add(main, check)
             scores.append(check.score)
         finally:
             env.close()
-        for _, node, snapshot, messages in sorted(forks, key=lambda f: f[0]):
-            for j in range(config.branches):
-                branch = fork(snapshot)
-                try:
-                    leaf = _play(branch, recorder, messages, node,
-                                 seed=f"{task_id}/{node}/{j}", mistakes=config.mistakes)
-                    check = branch.check()
-                    recorder.score(leaf, check)
-                    scores.append(check.score)
-                finally:
-                    branch.close()
+        for index, snapshot, messages in sorted(forks, key=lambda f: f[0]):
+            prefix = [replace(st, drawn=False) for st in main[:index]]
+            where = "root" if index == 0 else f"{index}"
+            # The candidates: one draw each, with seeds of their own.
+            candidates = [(snapshot.expert(mistakes=config.mistakes, seed=seed)
+                           .decide(messages), seed)
+                          for seed in (f"{task_id}/{where}/{j}" for j in range(config.branches))]
+            for decision, seed in candidates:
+                # Rollout 0 goes on with the candidate's own seed; the others with seeds
+                # of their own, and the candidate's step is then a replay, not a draw.
+                for r in range(config.rollouts):
+                    branch = fork(snapshot)
+                    try:
+                        rest = _play(branch, messages, mistakes=config.mistakes,
+                                     first=(decision, seed, r == 0),
+                                     seed=seed if r == 0 else f"{seed}/{r}")
+                        check = branch.check()
+                        trie.add([*prefix, *rest], check)
+                        scores.append(check.score)
+                    finally:
+                        branch.close()
     finally:
-        for _, _, snapshot, _ in forks:
+        for _, snapshot, _ in forks:
             snapshot.close()
+    root = recorder.root(task, opening)
+    trie.record(recorder, root, config.mistakes)
     recorder.close("done")
     return recorder.events, scores
 

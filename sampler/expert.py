@@ -16,6 +16,12 @@ Mistakes: at each turn the expert draws from ``random.Random(f"{seed}/{turn}")``
 is the number of assistant messages so far); with probability ``mistakes`` it takes a
 plausible, valid but wrong action that the environment's expert defines. ``seed`` defaults
 to the task id, so each task has its own draw; another seed is another draw.
+
+Ground truth: :meth:`Expert.decide` also says whether the action is a *mistake*: a turn
+that drew an error and whose action differs from the one the expert takes without it (a
+drawn error can leave the action unchanged, e.g. a lookup with nothing to get wrong).
+Recorders store it as ``produced_by.mistake``, which is what pair precision is measured
+against.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from __future__ import annotations
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -35,7 +41,7 @@ from branchpoint.sampler.envs.base import (
     text_of,
 )
 
-__all__ = ["Expert", "Turn", "read_turns"]
+__all__ = ["Decision", "Expert", "Turn", "read_turns"]
 
 
 class Turn(msgspec.Struct, frozen=True):
@@ -82,6 +88,13 @@ def read_turns(messages: Sequence[Message],
     return opening, turns
 
 
+class Decision(NamedTuple):
+    """The expert's next message, and whether it is a drawn mistake."""
+
+    message: Message
+    mistake: bool
+
+
 class Expert(ABC):
     """A scripted policy for one task. Subclasses implement :meth:`choose`.
 
@@ -99,13 +112,26 @@ class Expert(ABC):
 
     def act(self, messages: Sequence[Message]) -> Message:
         """The next assistant message for the conversation ``messages``."""
+        return self.decide(messages).message
+
+    def decide(self, messages: Sequence[Message]) -> Decision:
+        """The next assistant message for ``messages``, and whether it is a mistake."""
         turn = sum(1 for m in messages if m.get("role") == "assistant")
         rng = random.Random(f"{self.seed}/{turn}")
         wrong = rng.random() < self.mistakes
         opening, turns = read_turns(messages, self.tools)
-        name, args = self.choose(opening, turns, rng, wrong)
-        return assistant_message(name, args, call_id=f"call_{turn}", text=self.text,
-                                 tools=self.tools)
+        call = self.choose(opening, turns, rng, wrong)
+        mistake = False
+        if wrong:
+            # The same turn without the error: the same generator state, so a choice that
+            # draws from it for other reasons draws the same.
+            right_rng = random.Random(f"{self.seed}/{turn}")
+            right_rng.random()
+            mistake = call != self.choose(opening, turns, right_rng, False)
+        name, args = call
+        message = assistant_message(name, args, call_id=f"call_{turn}", text=self.text,
+                                    tools=self.tools)
+        return Decision(message, mistake)
 
     @abstractmethod
     def choose(self, opening: list[Message], turns: list[Turn], rng: random.Random,

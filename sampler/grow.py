@@ -43,6 +43,7 @@ endpoint kept failing; the message is in the detail).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
@@ -50,6 +51,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from branchpoint.sampler.claims import Claims
 from branchpoint.sampler.envs.base import Check, Environment
 from branchpoint.sampler.envs.registry import make_env
 from branchpoint.sampler.fork import fork
@@ -121,6 +123,11 @@ class RunStats:
     prompt_tokens: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     closed: dict[str, int] = field(default_factory=dict)
+    # Where the time goes, summed over concurrent work (so the sum can exceed wall time):
+    # waiting for the model, stepping and forking environments, appending to the store.
+    model_seconds: float = 0.0
+    env_seconds: float = 0.0
+    store_seconds: float = 0.0
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -161,11 +168,14 @@ class _Tree:
     ended_by: set[str] = field(default_factory=set)
     budget_hit: bool = False
 
-    async def flush(self) -> None:
+    async def flush(self, stats: RunStats | None = None) -> None:
         async with self.lock:
             events = self.builder.take()
             if events:
+                started = time.perf_counter()
                 await self.log.append(events)
+                if stats is not None:
+                    stats.store_seconds += time.perf_counter() - started
 
 
 def _check_detail(check: Check, end: str) -> dict[str, Any]:
@@ -249,7 +259,7 @@ class Sampler:
         try:
             try:
                 messages, tools = self._open(env, builder, task_id)
-                await tree.flush()
+                await tree.flush(self.stats)
                 await self._expand(tree, "root", env, messages=messages, tools=tools, depth=0,
                                    line="main")
                 reason, detail = self._close_reason(tree), None
@@ -260,7 +270,7 @@ class Sampler:
                 self.stats.error("replay_divergence")
                 reason, detail = "error", {"message": str(exc), "kind": "replay_divergence"}
             builder.close(reason, detail)
-            await tree.flush()
+            await tree.flush(self.stats)
         finally:
             self.stats.trees_running -= 1
         self.stats.trees_done += 1
@@ -362,8 +372,12 @@ class Sampler:
                     await self._leaf(tree, node, env, "context_overflow",
                                      extra={"message": str(exc)})
                     return
-            await _all([self._run_child(tree, child, fork(env), messages=messages, tools=tools,
-                                        depth=depth + 1) for child in children])
+            started = time.perf_counter()
+            forks = [fork(env) for _ in children]
+            self.stats.env_seconds += time.perf_counter() - started
+            await _all([self._run_child(tree, child, copy, messages=messages, tools=tools,
+                                        depth=depth + 1) for child, copy in zip(children, forks,
+                                                                                strict=True)])
         finally:
             env.close()
 
@@ -373,7 +387,9 @@ class Sampler:
         seed = seed_for(self.config.sampling.seed, f"{tree.tree_id}/{node}")
         try:
             async with self.requests:
+                started = time.perf_counter()
                 cands = await self.policy.propose(messages, tools, n, seed=seed)
+                self.stats.model_seconds += time.perf_counter() - started
         finally:
             tree.reserved -= n
         self.stats.requests += 1
@@ -393,7 +409,7 @@ class Sampler:
             tree.lines[child] = role
             created.append(child)
         self.stats.nodes += len(created)
-        await tree.flush()
+        await tree.flush(self.stats)
         return created
 
     async def _run_child(self, tree: _Tree, child: str, env: Environment, *,
@@ -403,10 +419,12 @@ class Sampler:
         action = info.action or {}
         started = time.perf_counter()
         result = env.step(action)
-        latency = round((time.perf_counter() - started) * 1000, 3)
+        spent = time.perf_counter() - started
+        self.stats.env_seconds += spent
+        latency = round(spent * 1000, 3)
         if info.observation is None:
             tree.builder.executed(child, result.observation, result.done, latency_ms=latency)
-            await tree.flush()
+            await tree.flush(self.stats)
         elif info.observation != result.observation:
             env.close()
             raise ReplayDivergence(f"tree {tree.tree_id}: node {child} replayed to another "
@@ -430,7 +448,7 @@ class Sampler:
         tree.builder.score(node, min(1.0, max(0.0, check.score)), source="checker",
                            detail=detail)
         tree.scored.add(node)
-        await tree.flush()
+        await tree.flush(self.stats)
 
 
 async def _all(jobs: Sequence[Coroutine[Any, Any, None]]) -> None:
@@ -452,22 +470,68 @@ async def _all(jobs: Sequence[Coroutine[Any, Any, None]]) -> None:
 
 async def sample_run(config: SampleConfig, policy: ChatPolicy, log: EventLog, *,
                      use_tools: bool, stats: RunStats | None = None,
+                     claims: Claims | None = None,
                      on_tree: Callable[[TreeOutcome], None] | None = None
                      ) -> list[TreeOutcome]:
-    """Grow every task's tree, ``config.concurrency`` trees at a time."""
+    """Grow every task's tree, ``config.concurrency`` trees at a time.
+
+    With ``claims``, trees are taken one at a time through leases shared with every other
+    worker on the same store (see :mod:`branchpoint.sampler.claims`), and the run ends when
+    no tree is left that this worker could claim.
+    """
     sampler = Sampler(config, policy, log, use_tools=use_tools, stats=stats)
     sampler.stats.trees_total = len(config.tasks)
-    gate = asyncio.Semaphore(max(1, config.concurrency))
     outcomes: list[TreeOutcome] = []
 
-    async def one(task_id: int) -> None:
-        async with gate:
-            outcome = await sampler.sample_tree(task_id)
+    def done(outcome: TreeOutcome) -> None:
         outcomes.append(outcome)
         if on_tree is not None:
             on_tree(outcome)
 
-    await asyncio.gather(*(one(t) for t in config.tasks))
+    if claims is None:
+        gate = asyncio.Semaphore(max(1, config.concurrency))
+
+        async def one(task_id: int) -> None:
+            async with gate:
+                done(await sampler.sample_tree(task_id))
+
+        await asyncio.gather(*(one(t) for t in config.tasks))
+        return outcomes
+
+    task_of = {sampler.tree_id(t): t for t in config.tasks}
+    await claims.register(sampler.run, list(task_of))
+    held: set[str] = set()
+    claiming = asyncio.Lock()
+
+    async def loop() -> None:
+        while True:
+            async with claiming:
+                tree_id = await claims.claim(sampler.run, frozenset(held))
+                if tree_id is None:
+                    return
+                held.add(tree_id)
+            try:
+                done(await sampler.sample_tree(task_of[tree_id]))
+                await claims.finish(tree_id)
+            finally:
+                held.discard(tree_id)
+
+    stop = asyncio.Event()
+
+    async def renew() -> None:
+        period = max(0.05, float(getattr(claims, "lease", 300.0)) / 3)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), period)
+            if not stop.is_set():
+                await claims.renew()
+
+    renewer = asyncio.create_task(renew())
+    try:
+        await asyncio.gather(*(loop() for _ in range(max(1, config.concurrency))))
+    finally:
+        stop.set()
+        await renewer
     return outcomes
 
 

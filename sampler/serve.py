@@ -161,6 +161,12 @@ class ServeConfig:
     tool_call_parser: str | None = None
     venv: Path | None = None
     kv_cache_gib: int = 1
+    # How vLLM hands message content to the chat template. "auto" guesses from the
+    # template's text, and a template that also accepts content parts (lists) is given
+    # lists for every message, so a template that prints `content` only when it is a
+    # string silently drops the assistant's turns. "string" gives the template what
+    # transformers' apply_chat_template gives it, so both sides tokenize alike.
+    content_format: str = "string"
     startup_timeout: float = 600.0
     extra_args: list[str] = field(default_factory=list)
 
@@ -195,6 +201,8 @@ class ModelServer:
                "--served-model-name", c.name, "--host", c.host, "--port", str(c.port)]
         if c.max_model_len:
             cmd += ["--max-model-len", str(c.max_model_len)]
+        if c.content_format != "auto":
+            cmd += ["--chat-template-content-format", c.content_format]
         if c.tool_call_parser:
             cmd += ["--enable-auto-tool-choice", "--tool-call-parser", c.tool_call_parser]
         if self.cpu:

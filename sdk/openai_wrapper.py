@@ -60,6 +60,7 @@ def record_call(t: Trajectory, request: dict[str, Any], response: dict[str, Any]
     try:
         history = _messages(request.get("messages") or [])
         with t._lock:
+            t._materialize()  # the calls recorded before this one, in order
             b = t._builder
             if b.state.root is None:
                 t._open(split_history(history)[0] or history[:1],
@@ -72,6 +73,7 @@ def record_call(t: Trajectory, request: dict[str, Any], response: dict[str, Any]
             ids = [b.node(node, message, produced_by=produced_by(request, response, choice,
                                                                   via="openai-wrapper"))
                    for message, choice in choice_messages(response)]
+            t._known.update(b.state.nodes)  # what place_call added too
             t._rec._pipeline.put(b.take())
     except Exception as exc:
         t._rec._error(f"recording a chat completion in trajectory {t.tree_id!r}", exc)
@@ -179,9 +181,12 @@ def wrap_openai(client: C, *, trajectory: Trajectory | None = None) -> C:
         return trajectory if trajectory is not None else current_trajectory.get()
 
     def prepare(kwargs: dict[str, Any]) -> dict[str, Any]:
-        # the history may be a one-shot iterable: read it once, hand the same list on
-        kwargs["messages"] = _messages(kwargs.get("messages") or [])
-        return {k: v for k, v in kwargs.items() if not k.startswith("extra_")}
+        """The request as recorded; the client still sends the agent's own messages (the
+        history may be a one-shot iterable: it is read once, and the same list sent)."""
+        sent = kwargs["messages"] = list(kwargs.get("messages") or [])
+        recorded = {k: v for k, v in kwargs.items() if not k.startswith("extra_")}
+        recorded["messages"] = _messages(sent)
+        return recorded
 
     if inspect.iscoroutinefunction(inspect.unwrap(original)):
         async def acreate(*args: Any, **kwargs: Any) -> Any:

@@ -153,6 +153,7 @@ class Pipeline:
         self._closing = False
         self._spooler_busy = False
         self._own_segments = 0  # segments this process wrote and has not re-sent yet
+        self._inflight: list[Item] = []  # the batch the worker is sending
         self._dead: dict[NodeKey, str] = {}
         self._dead_trees: dict[str, str] = {}
         self._counts = dict.fromkeys(("sent", "spooled", "resent", "dead_lettered", "dropped",
@@ -181,7 +182,8 @@ class Pipeline:
                 item = (self._seq, event)
                 if not self._diverted and len(self._queue) < self._queue_max:
                     self._queue.append(item)
-                    if len(self._queue) == self._batch:
+                    n = len(self._queue)
+                    if n in (1, self._batch):  # a batch opens (its linger starts), or fills
                         self._wake.set()
                 elif self._closing:
                     late.append(item)
@@ -252,7 +254,10 @@ class Pipeline:
         self._spooler.join(timeout=5.0)
         self._worker.join(timeout=5.0)
         with self._lock:
-            left = sorted([*self._queue, *self._overflow])
+            # a worker still stuck in a send may or may not get its batch stored: spool it
+            # too (re-sending is idempotent)
+            stuck = self._inflight if self._worker.is_alive() else []
+            left = sorted([*stuck, *self._queue, *self._overflow])
             self._queue.clear()
             self._overflow.clear()
         if left:
@@ -377,6 +382,8 @@ class Pipeline:
         return True
 
     def _send_live(self, batch: list[Item]) -> None:
+        with self._lock:
+            self._inflight = batch
         try:
             self._deliver([ev for _, ev in batch])
         except Outage as exc:
@@ -385,10 +392,13 @@ class Pipeline:
                 self._diverted = True
                 rest = list(self._queue)
                 self._queue.clear()
+            with self._lock:
+                self._inflight = []
             self._write_segment(batch + rest)
         else:
             self._leave_outage()
             with self._lock:
+                self._inflight = []
                 self._settled += len(batch)
                 self._settled_cond.notify_all()
 
@@ -459,7 +469,8 @@ class Pipeline:
         """
         if not events:
             return
-        known_dead = refused_with_dependants(events, [], self._dead, self._dead_trees)
+        known_dead = refused_with_dependants(events, [], self._dead, self._dead_trees) \
+            if self._dead else {}
         if known_dead:
             self._dead_letter([(encode_event(events[i]), why)
                                for i, why in known_dead.items()])

@@ -152,9 +152,8 @@ class HttpSink:
             raise MissingDependency("recording to a server needs httpx: "
                                     "pip install 'branchpoint[sdk]'") from exc
         parts = urlsplit(url)
-        self.destination = urlunsplit((parts.scheme, parts.hostname or "" if parts.port is None
-                                       else f"{parts.hostname}:{parts.port}",
-                                       parts.path.rstrip("/"), "", ""))
+        netloc = parts.netloc.rpartition("@")[2]  # never credentials in a folder name
+        self.destination = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
         headers = {"content-type": "application/json"}
         if token:
             headers["authorization"] = f"Bearer {token}"
@@ -199,7 +198,10 @@ def _refusal_from_body(content: bytes, status: int, n: int) -> Refused:
             errors = body["extra"].get("errors")
     out: list[Rejection] = []
     if isinstance(errors, list):
-        for e in errors:
+        causes = [e for e in errors if isinstance(e, dict) and not e.get("dependent")]
+        # those refused only for an event they depend on are found again by the worker,
+        # which names the event each one depends on
+        for e in causes or errors:
             if not isinstance(e, dict):
                 continue
             idx = e.get("index")

@@ -198,6 +198,8 @@ class Spool:
                 self._lock_path.unlink()
         os.close(self._lock_fd)
         self._lock_fd = -1
+        with contextlib.suppress(OSError):  # an empty folder is left to no one
+            self.folder.rmdir()
 
 
 class DeadLetters:

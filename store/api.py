@@ -6,10 +6,12 @@ Routes (all under ``/v1``; the app in :mod:`branchpoint.cli.app` adds auth and t
     A batch of events, a JSON array (``application/json``) or JSON Lines
     (``application/jsonl``, ``application/x-ndjson``), appended atomically and
     idempotently. 400 lists every bad event (``index`` in the batch, ``line`` for JSON
-    Lines, ``event_id``, ``field``, ``reason``, and ``dependent: true`` for the events
-    refused only because one they depend on was); 409 a conflicting re-send; 413 a body
-    over the limit (the body says the limit); 503 a store outage. Nothing of a refused
-    batch is stored.
+    Lines, ``event_id``, ``field``, ``reason``, and ``dependent: true`` with
+    ``depends_on`` for the events refused only because one they depend on was); 409 a
+    conflicting re-send; 413 a body over the limit (the body says the limit); 415 another
+    media type; 503 a store outage. Nothing of a refused batch is stored. Events that do
+    not decode are reported by this module (with what hangs on them); the store's rules
+    by the store's whole-batch report (:attr:`InvalidEvent.problems`).
 ``GET /v1/trees``, ``GET /v1/trees/{tree_id:path}``, ``GET /v1/node``
     Trees listed with filters and paging; one tree (a window of it: lazy sub-trees) with
     its values, their evidence and its pairs; one node in full.
@@ -22,7 +24,9 @@ Routes (all under ``/v1``; the app in :mod:`branchpoint.cli.app` adds auth and t
 
 Tree and node ids may hold ``/``, so a tree id is only ever the last part of a path, and a
 node id a query parameter. Values and pairs follow the export's options everywhere
-(``margin``, ``value``, ``sources``, ``judge_weight``).
+(``margin``, ``value``, ``sources``, ``judge_weight``, ``confidence``, ``discount``,
+``binary``) and trees the CLI's filters (``env``, ``task``, ``tree``, ``origin``,
+``since``, ``until``, ``finished``, ``split``), both read by a dependency.
 """
 
 from __future__ import annotations
@@ -59,9 +63,9 @@ from branchpoint.store.errors import (
 from branchpoint.store.events import Event, ScoreAssigned, decode_event, normalize
 from branchpoint.store.exports import FORMATS, ExportOptions, TreeView, compute_stats, export_lines
 from branchpoint.store.log import EventLog, TreeFilter, TreeSummary
-from branchpoint.store.pairs import DEFAULT_MARGIN, extract_pairs, scan
+from branchpoint.store.pairs import DEFAULT_MARGIN, scan
 from branchpoint.store.tree import fold
-from branchpoint.store.values import node_values
+from branchpoint.store.values import node_estimates
 from branchpoint.store.views import branch_points, evidence, leaf_values, subtree
 
 __all__ = ["DEFAULT_MAX_BODY", "ErrorBody", "api_router"]
@@ -86,6 +90,8 @@ class BadEvent(msgspec.Struct, omit_defaults=True):
     event_id: str | None = None
     field: str | None = None
     dependent: bool = False
+    depends_on: str | None = None
+    conflict: bool = False
 
 
 class ErrorBody(msgspec.Struct, omit_defaults=True):
@@ -217,37 +223,98 @@ NOT_FOUND = {404: ResponseSpec(data_container=ErrorBody, description="No such tr
 
 
 # --- options shared with the CLI -----------------------------------------------------------
+# Two dependencies read them from the query string, under the CLI's names: the value and
+# pair options (``--margin`` ... ``--binary``) and the tree filters (``--env`` ... ``--split``).
 
-Margin = Annotated[float, QueryParameter(ge=0, le=1e9, description="A pair needs the best child's "
-                                    "value above the worst's by at least this.")]
-ValueMode = Annotated[Literal["mean", "max"], QueryParameter(
-    description="An inner node's value: the mean or the max of its children's.")]
-Sources = Annotated[str | None, QueryParameter(
-    description="Comma-separated score sources a leaf's value may come from.")]
-JudgeWeight = Annotated[float | None, QueryParameter(
-    ge=0, le=1, description="Leaf value = (1-W)*checker + W*judge.")]
+Split = Literal["train", "validation", "heldout"]
 
 
-def export_options(*, env: str | None = None, margin: float = DEFAULT_MARGIN,
-                   value: str = "mean", sources: str | None = None,
-                   judge_weight: float | None = None, **rest: Any) -> ExportOptions:
-    """Query parameters as :class:`ExportOptions`, the way the CLI builds them.
+def _time(text: str | None, name: str) -> datetime | None:
+    if text is None:
+        return None
+    raw = text.strip()
+    try:
+        when = datetime.fromisoformat(raw[:-1] + "+00:00" if raw.endswith(("Z", "z")) else raw)
+    except ValueError:
+        raise _error(400, f"{name}: {text!r} is not an ISO 8601 date or time") from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def value_options(  # noqa: PLR0917 - every option is a query parameter
+    margin: Annotated[float, QueryParameter(
+        ge=0, le=1e9, description="A pair needs the best child's value above the worst's "
+        "by at least this.")] = DEFAULT_MARGIN,
+    value: Annotated[Literal["mean", "max"], QueryParameter(
+        description="An inner node's value: the mean or the max of its children's.")] = "mean",
+    sources: Annotated[str | None, QueryParameter(
+        description="Comma-separated score sources a leaf's value may come from.")] = None,
+    judge_weight: Annotated[float | None, QueryParameter(
+        ge=0, le=1, description="Leaf value = (1-W)*checker + W*judge.")] = None,
+    confidence: Annotated[float | None, QueryParameter(
+        ge=0, le=1e9, description="Keep a pair only when its margin is at least this many "
+        "standard errors.")] = None,
+    discount: Annotated[float, QueryParameter(
+        ge=0, le=1, description="A leaf's score counts G**k k steps above it.")] = 1.0,
+    binary: Annotated[bool, QueryParameter(
+        description="Checker scores count 1.0 when 1.0, else 0.0.")] = False,
+) -> ExportOptions:
+    """The value and pair options of ``branchpoint export`` and ``stats``.
 
     Raises:
         HTTPException: 400 for an option out of range.
     """
     names = None
     if sources is not None:
-        names = tuple(s.strip() for s in sources.split(",") if s.strip())
+        names = tuple(x.strip() for x in sources.split(",") if x.strip())
         if not names:
             raise _error(400, "sources must name at least one source")
-    opts = ExportOptions(env=env, margin=margin, value=value,  # type: ignore[arg-type]
-                         sources=names, judge_weight=judge_weight, **rest)
+    opts = ExportOptions(margin=margin, value=value, sources=names, judge_weight=judge_weight,
+                         confidence=confidence, discount=discount, binary=binary)
+    return _checked(opts)
+
+
+def _checked(opts: ExportOptions) -> ExportOptions:
     try:
         opts.check()
     except ValueError as exc:
         raise _error(400, str(exc)) from None
     return opts
+
+
+def tree_filter(  # noqa: PLR0917 - every filter is a query parameter
+    env: Annotated[str | None, QueryParameter(description="Only trees of this environment.")
+                   ] = None,
+    task: Annotated[str | None, QueryParameter(description="Only trees of this task id.")
+                    ] = None,
+    tree: Annotated[str | None, QueryParameter(description="Only the tree with this id.")
+                    ] = None,
+    origin: Annotated[str | None, QueryParameter(
+        description="Only trees from this origin.")] = None,
+    since: Annotated[str | None, QueryParameter(
+        description="Only trees recorded at or after this ISO 8601 time (UTC when no zone)."
+    )] = None,
+    until: Annotated[str | None, QueryParameter(
+        description="Only trees recorded before this ISO 8601 time.")] = None,
+    finished: Annotated[bool | None, QueryParameter(
+        description="Only closed trees (true) or unfinished ones (false).")] = None,
+    split: Annotated[Split | None, QueryParameter(
+        description="Only tasks of this split.")] = None,
+) -> TreeFilter:
+    """The tree filters of the CLI (``--env --task --tree --origin --since --until
+    --finished --split``).
+
+    Raises:
+        HTTPException: 400 for a time that does not parse, or since not before until.
+    """
+    start, end = _time(since, "since"), _time(until, "until")
+    if start is not None and end is not None and start >= end:
+        raise _error(400, f"since ({since}) must be before until ({until})")
+    return TreeFilter(tree_id=tree, env=env, task_id=task, origin=origin, since=start,
+                      until=end, finished=finished, split=split)
+
+
+Options = NamedDependency[ExportOptions]
+Where = NamedDependency[TreeFilter]
 
 
 # --- ingest ---------------------------------------------------------------------------------
@@ -292,15 +359,17 @@ def _split(body: bytes, content_type: str) -> list[tuple[bytes, int | None]]:
 
 
 def _decode_batch(body: bytes, content_type: str
-                  ) -> tuple[list[Event], list[int], list[BadEvent]]:
-    """Every event decoded and normalized, or every reason it was not; events that refer
+                  ) -> tuple[list[Event], list[int | None], list[BadEvent]]:
+    """The events decoded and normalized, the JSON Lines line of each position in the
+    batch (None for an array), and every reason an event was refused; events that refer
     to a refused event's node are refused too, as ``dependent``."""
     parts = _split(body, content_type)
+    source_lines = [line for _, line in parts]
     events: list[Event] = []
-    lines: list[int] = []
     bad: list[BadEvent] = []
     refused_nodes: dict[tuple[str, str], int] = {}
     refs: list[tuple[int, Event]] = []
+    ids: dict[int, str | None] = {}  # event ids of the refused, by position
     for i, (raw, line) in enumerate(parts):
         try:
             ev = normalize(decode_event(raw, line=line or i + 1))
@@ -310,9 +379,9 @@ def _decode_batch(body: bytes, content_type: str
                                 field=exc.field, reason=exc.reason))
             if tree_id is not None and node_id is not None and created:
                 refused_nodes.setdefault((tree_id, node_id), i)
+            ids[i] = exc.event_id or event_id
             continue
         events.append(ev)
-        lines.append(i + 1)
         refs.append((i, ev))
     if bad:
         # A refused node drags down what hangs on it: its children (transitively), and
@@ -330,6 +399,7 @@ def _decode_batch(body: bytes, content_type: str
                 if cause is not None:
                     dependent.add(i)
                     changed = True
+                    ids[i] = ev.event_id
                     if ev.node_id is not None and ev.type == "node_created":
                         refused_nodes.setdefault((ev.tree_id, ev.node_id), i)
                     bad.append(BadEvent(index=i, line=parts[i][1], event_id=ev.event_id,
@@ -337,9 +407,9 @@ def _decode_batch(body: bytes, content_type: str
                                         else "payload.node_id",
                                         reason=f"refused because the event at index {cause}, "
                                                f"which it depends on, was refused",
-                                        dependent=True))
+                                        dependent=True, depends_on=ids.get(cause)))
         bad.sort(key=lambda b: b.index)
-    return events, lines, bad
+    return events, source_lines, bad
 
 
 class _EventsOperation(Operation):
@@ -371,37 +441,48 @@ def _events_handler(max_body: int) -> Any:
                                        description="Neither JSON nor JSON Lines")})
     async def post_events(request: Request[Any, Any, Any], log: Log) -> AppendOut:
         body = await request.body()
-        events, lines, bad = _decode_batch(body, request.headers.get("content-type", ""))
+        events, source_lines, bad = _decode_batch(body,
+                                                  request.headers.get("content-type", ""))
         if bad:
             raise _error(400, f"{len(bad)} bad event(s); nothing of this batch was stored",
                          errors=msgspec.to_builtins(bad))
         try:
-            res = await log.append(events, lines=lines, normalized=True)
+            # positions in the batch (1-based) as the lines, mapped back in _refused
+            res = await log.append(events, lines=range(1, len(events) + 1), normalized=True)
         except ConflictingEvent as exc:
             raise _error(409, f"{exc}; nothing of this batch was stored",
-                         errors=[msgspec.to_builtins(_bad_of(exc))]) from None
+                         errors=msgspec.to_builtins(_refused(exc, source_lines))) from None
         except InvalidEvent as exc:
             raise _error(400, f"{exc}; nothing of this batch was stored",
-                         errors=[msgspec.to_builtins(_bad_of(exc))]) from None
+                         errors=msgspec.to_builtins(_refused(exc, source_lines))) from None
         return AppendOut(res.stored, res.duplicates, res.last_seq)
 
     return post_events
 
 
+def _refused(exc: InvalidEvent, source_lines: Sequence[int | None]) -> list[BadEvent]:
+    """Every refused event of a batch the store refused: the store's whole report where it
+    gives one (``problems``), else its first problem."""
+    problems = getattr(exc, "problems", None) or [exc]
+    out = []
+    for p in problems:
+        index = p.index if getattr(p, "index", None) is not None else (
+            p.line - 1 if p.line is not None else 0)
+        line = source_lines[index] if 0 <= index < len(source_lines) else None
+        depends_on = getattr(p, "depends_on", None)
+        out.append(BadEvent(index=index, line=line, event_id=p.event_id, field=p.field,
+                            reason=p.reason, dependent=depends_on is not None,
+                            depends_on=depends_on,
+                            conflict=bool(getattr(p, "conflict", False))
+                            or isinstance(p, ConflictingEvent)))
+    return out
+
+
 def _bad_of(exc: InvalidEvent) -> BadEvent:
-    return BadEvent(index=(exc.line - 1) if exc.line is not None else 0,
-                    event_id=exc.event_id, field=exc.field, reason=exc.reason)
+    return _refused(exc, ())[0]
 
 
 # --- trees ----------------------------------------------------------------------------------
-
-
-def _filter(  # noqa: PLR0917 - the TreeFilter fields in order
-    env: str | None, task_id: str | None, origin: str | None,
-            since: datetime | None, until: datetime | None, finished: bool | None
-            ) -> TreeFilter:
-    return TreeFilter(env=env, task_id=task_id, origin=origin, since=since, until=until,
-                      finished=finished)
 
 
 async def _tree_facts(log: EventLog, trees: list[TreeSummary], opts: ExportOptions
@@ -417,14 +498,14 @@ async def _tree_facts(log: EventLog, trees: list[TreeSummary], opts: ExportOptio
         if s is None:
             continue
         g = fold(tree_id, heads)
-        values = node_values(g, reduce=opts.value, sources=opts.sources,
-                             judge_weight=opts.judge_weight)
-        sc = scan(g, values, margin=opts.margin)
+        estimates = node_estimates(g, opts.values)
+        values = {n: e.value for n, e in estimates.items()}
+        sc = scan(g, estimates, margin=opts.margin)
         pairs = len(sc.candidates)
-        if pairs:
+        if pairs:  # the actions decide identical steps, the draw counts the values
             view = TreeView(tree_id, await log.read_tree(tree_id), opts)
-            pairs = len(extract_pairs(view.graph, view.values, view.actions,
-                                      margin=opts.margin)[0])
+            pairs = len(view.pairs()[0])
+            values = view.values
         root = g.graph["root"]
         out[tree_id] = TreeItem(
             tree_id=tree_id, env=s.env, task_id=str(s.task_id), origin=s.origin,
@@ -438,31 +519,22 @@ async def _tree_facts(log: EventLog, trees: list[TreeSummary], opts: ExportOptio
 @get("/trees", summary="List trees", responses=ERRORS)
 async def list_trees(  # noqa: PLR0917 - every filter is a query parameter
     log: Log,
-    env: FromQuery[str | None] = None,
-    task_id: FromQuery[str | None] = None,
-    origin: FromQuery[str | None] = None,
-    since: FromQuery[datetime | None] = None,
-    until: FromQuery[datetime | None] = None,
-    finished: FromQuery[bool | None] = None,
+    opts: Options,
+    where: Where,
     q: Annotated[str | None, QueryParameter(
         description="Only trees whose id or task id contains this.")] = None,
-    has_pairs: FromQuery[bool | None] = None,
+    has_pairs: Annotated[bool | None, QueryParameter(
+        description="Only trees with (true) or without (false) a pair.")] = None,
     min_value: Annotated[float | None, QueryParameter(ge=0, le=1)] = None,
     max_value: Annotated[float | None, QueryParameter(ge=0, le=1)] = None,
-    margin: Margin = DEFAULT_MARGIN,
-    value: ValueMode = "mean",
-    sources: Sources = None,
-    judge_weight: JudgeWeight = None,
     limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 50,
     cursor: Annotated[str | None, QueryParameter(
         description="next_cursor of the previous page.")] = None,
 ) -> TreeList:
     """Trees matching every filter, oldest first, a page at a time. ``total`` counts every
     match; ``next_cursor`` continues after this page (None on the last)."""
-    opts = export_options(margin=margin, value=value, sources=sources,
-                          judge_weight=judge_weight)
     after = _cursor(cursor)
-    trees = await log.list_trees(_filter(env, task_id, origin, since, until, finished))
+    trees: list[TreeSummary] = list(await log.list_trees(where))
     if q:
         needle = q.casefold()
         trees = [t for t in trees if needle in t.tree_id.casefold()
@@ -540,8 +612,7 @@ class TreeCache:
         origin = next((getattr(e.payload, "origin", None) for e in events
                        if e.type == "node_created" and e.payload.parent_id is None  # type: ignore[union-attr]
                        ), None)
-        folded = Folded(stamp, events, view, branch_points(view),
-                        evidence(view.graph, view.values), origin)
+        folded = Folded(stamp, events, view, branch_points(view), evidence(view), origin)
         self._entries[key] = folded
         while len(self._entries) > self._size:
             self._entries.popitem(last=False)
@@ -553,23 +624,18 @@ class TreeCache:
 async def get_tree(  # noqa: PLR0917 - every option is a query parameter
     log: Log,
     trees: Trees,
+    opts: Options,
     tree_id: FromPath[str],
     node: Annotated[str | None, QueryParameter(
         description="Start the window at this node (default: the root).")] = None,
     depth: Annotated[int, QueryParameter(ge=0, le=10_000)] = 3,
     limit: Annotated[int, QueryParameter(ge=1, le=100_000,
                                     description="About this many nodes at most.")] = 300,
-    margin: Margin = DEFAULT_MARGIN,
-    value: ValueMode = "mean",
-    sources: Sources = None,
-    judge_weight: JudgeWeight = None,
 ) -> TreeOut:
     """A tree with its values, their evidence (valued leaves under a node and the
     standard error of their mean) and its pairs: the nodes from ``node`` down to ``depth``
     levels, about ``limit`` of them. A node whose ``children_loaded`` is false is asked
     for again with ``node`` set to it."""
-    opts = export_options(margin=margin, value=value, sources=sources,
-                          judge_weight=judge_weight)
     tree_id = tree_id.lstrip("/")
     folded = await trees.get(log, tree_id, opts)
     t = folded.view
@@ -582,7 +648,7 @@ async def get_tree(  # noqa: PLR0917 - every option is a query parameter
                         ev=folded.evidence)
     except KeyError:
         raise NotFoundException(f"no node {start!r} in tree {tree_id!r}") from None
-    pairs, counts = extract_pairs(t.graph, t.values, t.actions, margin=opts.margin)
+    pairs, counts = t.pairs()
     return TreeOut(
         tree_id=tree_id, env=t.env, task_id=str(t.task_id),
         origin=folded.origin, closed=t.graph.graph["closed"], root=root,
@@ -592,21 +658,16 @@ async def get_tree(  # noqa: PLR0917 - every option is a query parameter
 
 
 @get("/node", summary="One node in full", responses={**ERRORS, **NOT_FOUND})
-async def get_node(  # noqa: PLR0917 - every option is a query parameter
+async def get_node(
     log: Log,
     trees: Trees,
     tree_id: FromQuery[str],
     node_id: FromQuery[str],
-    margin: Margin = DEFAULT_MARGIN,
-    value: ValueMode = "mean",
-    sources: Sources = None,
-    judge_weight: JudgeWeight = None,
+    opts: Options,
 ) -> NodeDetail:
     """The node's prompt (the conversation before its action), its action, observation,
     every score with its source and detail, its value and evidence, and its branching
     point's outcome."""
-    opts = export_options(margin=margin, value=value, sources=sources,
-                          judge_weight=judge_weight)
     folded = await trees.get(log, tree_id, opts)
     events, t = folded.events, folded.view
     g = t.graph
@@ -646,17 +707,10 @@ async def get_node(  # noqa: PLR0917 - every option is a query parameter
 
 
 @get("/stats", summary="What `branchpoint stats --json` prints", responses=ERRORS)
-async def stats(  # noqa: PLR0917 - every option is a query parameter
-    log: Log,
-    env: FromQuery[str | None] = None,
-    margin: Margin = DEFAULT_MARGIN,
-    value: ValueMode = "mean",
-    sources: Sources = None,
-    judge_weight: JudgeWeight = None,
-) -> dict[str, Any]:
-    """Trees, nodes, branching points, pairs and drops by reason, in all and per env."""
-    opts = export_options(env=env, margin=margin, value=value, sources=sources,
-                          judge_weight=judge_weight)
+async def stats(log: Log, opts: Options, where: Where) -> dict[str, Any]:
+    """Trees, nodes, branching points, pairs and drops by reason, in all and per env, for
+    the trees the filters select."""
+    opts = _checked(msgspec.structs.replace(opts, where=where))
     result: dict[str, Any] = await compute_stats(log, opts)
     return result
 
@@ -673,25 +727,16 @@ def _histogram(values: list[float], lo: float, hi: float, bins: int = BINS) -> l
 
 
 @get("/summary", summary="Distributions for the viewer's summary page", responses=ERRORS)
-async def summary(  # noqa: PLR0917 - every option is a query parameter
-    log: Log,
-    env: FromQuery[str | None] = None,
-    margin: Margin = DEFAULT_MARGIN,
-    value: ValueMode = "mean",
-    sources: Sources = None,
-    judge_weight: JudgeWeight = None,
-) -> dict[str, Any]:
+async def summary(log: Log, opts: Options, where: Where) -> dict[str, Any]:
     """``stats`` (as ``/v1/stats``), ``leaf_scores`` (per env, counts of leaf values in ten
     bins over [0, 1]), ``tree_sizes`` (node counts: ``bins`` edges and ``counts``)."""
-    opts = export_options(env=env, margin=margin, value=value, sources=sources,
-                          judge_weight=judge_weight)
-    envs = {t.tree_id: t.env for t in await log.list_trees(TreeFilter(env=env))}
+    opts = _checked(msgspec.structs.replace(opts, where=where))
+    envs = {t.tree_id: t.env for t in await log.list_trees(where)}
     leaves: dict[str, list[float]] = {}
     sizes: list[int] = []
-    async for tree_id, heads in log.iter_heads(TreeFilter(env=env)):
+    async for tree_id, heads in log.iter_heads(where):
         g = fold(tree_id, heads)
-        values = node_values(g, reduce=opts.value, sources=opts.sources,
-                             judge_weight=opts.judge_weight)
+        values = {n: e.value for n, e in node_estimates(g, opts.values).items()}
         leaves.setdefault(envs.get(tree_id, "?"), []).extend(leaf_values(g, values))
         sizes.append(g.number_of_nodes())
     top = max(sizes, default=1)
@@ -726,31 +771,11 @@ async def post_score(data: JSONBody[ScoreIn], log: Log) -> ScoreOut:
     try:
         res = await log.append([ev])
     except InvalidEvent as exc:
-        raise _error(400, str(exc), errors=[msgspec.to_builtins(_bad_of(exc))]) from None
+        raise _error(400, str(exc), errors=msgspec.to_builtins(_refused(exc, ()))) from None
     return ScoreOut(event_id, res.stored, res.last_seq)
 
 
 # --- export ---------------------------------------------------------------------------------
-
-
-class _OneTree:
-    """A read-only view of a log that holds only one tree: the export's ``tree`` filter,
-    so the export generators run unchanged over it."""
-
-    def __init__(self, log: EventLog, tree_id: str) -> None:
-        self._log = log
-        self._tree_id = tree_id
-
-    async def list_trees(self, where: TreeFilter | None = None) -> list[TreeSummary]:
-        return [t for t in await self._log.list_trees(where) if t.tree_id == self._tree_id]
-
-    def iter_heads(self, where: TreeFilter | None = None, *,
-                   tree_ids: Sequence[str] | None = None
-                   ) -> AsyncIterator[tuple[str, list[Any]]]:
-        return self._log.iter_heads(where, tree_ids=[self._tree_id])
-
-    async def read_tree(self, tree_id: str) -> list[Event]:
-        return await self._log.read_tree(tree_id)
 
 
 class _JsonlOperation(Operation):
@@ -768,29 +793,29 @@ class _JsonlOperation(Operation):
      operation_class=_JsonlOperation, responses={**ERRORS, **NOT_FOUND})
 async def export(  # noqa: PLR0917 - every option is a query parameter
     log: Log,
-    fmt: Annotated[str, PathParameter(description="dpo, steps, sft, trajectory-pairs or stepwise")],
-    env: FromQuery[str | None] = None,
-    margin: Margin = DEFAULT_MARGIN,
-    value: ValueMode = "mean",
-    sources: Sources = None,
-    judge_weight: JudgeWeight = None,
-    min_score: Annotated[float, QueryParameter(ge=-1e9, le=1e9)] = 1.0,
-    label_threshold: Annotated[float, QueryParameter(ge=-1e9, le=1e9)] = 0.5,
-    with_metadata: FromQuery[bool] = False,
-    tool_arguments: FromQuery[Literal["object", "string"]] = "object",
-    tree: Annotated[str | None, QueryParameter(description="Only this tree.")] = None,
+    fmt: Annotated[str, PathParameter(description="One of: " + ", ".join(FORMATS))],
+    opts: Options,
+    where: Where,
+    min_score: Annotated[float, QueryParameter(
+        ge=0, le=1, description="sft: keep paths whose leaf value reaches this.")] = 1.0,
+    label_threshold: Annotated[float, QueryParameter(
+        ge=0, le=1, description="stepwise: a step is good when its value reaches this.")
+    ] = 0.5,
+    with_metadata: Annotated[bool, QueryParameter(
+        description="dpo, trajectory-pairs: add tree, nodes, values, margin.")] = False,
+    tool_arguments: Annotated[Literal["object", "string"], QueryParameter(
+        description="Tool-call arguments as JSON objects or as the strings sent.")
+    ] = "object",
 ) -> Stream:
     """Export ``fmt`` with the CLI's options, streamed line by line from the first byte:
     byte for byte what ``branchpoint export`` writes."""
     if fmt not in FORMATS:
         raise NotFoundException(f"unknown export format {fmt!r}; expected one of "
                                 f"{list(FORMATS)}")
-    opts = export_options(env=env, margin=margin, value=value, sources=sources,
-                          judge_weight=judge_weight, min_score=min_score,
-                          label_threshold=label_threshold, with_metadata=with_metadata,
-                          tool_arguments=tool_arguments)
-    source: Any = log if tree is None else _OneTree(log, tree)
-    lines = export_lines(source, fmt, opts)
+    opts = _checked(msgspec.structs.replace(
+        opts, where=where, min_score=min_score, label_threshold=label_threshold,
+        with_metadata=with_metadata, tool_arguments=tool_arguments))
+    lines = export_lines(log, fmt, opts)
     # The first line is pulled before the answer starts, so a store that is down is a
     # 503 rather than a stream cut short.
     try:
@@ -836,6 +861,8 @@ def api_router(*, max_body: int = DEFAULT_MAX_BODY) -> Router:
         route_handlers=[_events_handler(max_body), list_trees, get_tree, get_node, stats,
                         summary, post_score, export],
         dependencies={"log": Provide(_log, sync_to_thread=False),
+                      "opts": Provide(value_options, sync_to_thread=False),
+                      "where": Provide(tree_filter, sync_to_thread=False),
                       "trees": Provide(lambda: cache, sync_to_thread=False)},
         exception_handlers={StoreUnavailable: store_unavailable},
         tags=["store"],

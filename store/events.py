@@ -19,6 +19,17 @@ Events are frozen msgspec structs, which are also the wire codec. They are store
 stable ``type`` name and a ``version``; an older payload is lifted to the current version
 by the upcasters in :data:`UPCASTERS` on read, and stored rows are never rewritten.
 
+Limits that hold on every backend (refused as :class:`InvalidEvent`, never stored):
+
+- JSON nesting at most :data:`MAX_DEPTH` (64) levels deep, counting the event object as
+  level 1 (a message's content part is at level 6);
+- text is Unicode scalar values: a lone surrogate anywhere is refused;
+- identifiers and the labels stored in columns of their own (``event_id``, ``tree_id``,
+  ``node_id``, ``parent_id``, ``source``, ``reason``, the root's ``task.env``,
+  ``task.task_id`` and ``origin``) hold no NUL character. Free text (messages, tools,
+  task options, ``detail``, ``meta``) may hold NUL: it is stored escaped, as ``\u0000``,
+  and reads back the same from the memory, SQLite and PostgreSQL logs.
+
 This module is imported by the SDK: it must stay free of SQLAlchemy, NetworkX, HTTP
 clients and anything else heavy. It does no I/O, reads no clock and mints no ids.
 """
@@ -39,6 +50,7 @@ from branchpoint.store.errors import InvalidEvent
 __all__ = [
     "CURRENT_VERSION",
     "EVENT_TYPES",
+    "MAX_DEPTH",
     "PAYLOAD_TYPES",
     "UPCASTERS",
     "ActionExecuted",
@@ -58,6 +70,8 @@ __all__ = [
 ]
 
 CURRENT_VERSION: Final = 1
+#: The deepest JSON nesting an event may have, the event object itself being level 1.
+MAX_DEPTH: Final = 64
 
 JsonObject = dict[str, Any]
 Message = dict[str, Any]
@@ -229,13 +243,37 @@ def _located(exc: msgspec.ValidationError, prefix: str) -> tuple[str, str | None
     return reason, ".".join(parts).replace(".[", "[") or None
 
 
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def json_depth(data: bytes) -> int:
+    """The deepest nesting of arrays and objects in a JSON text (0 for a scalar); brackets
+    inside strings do not count. Linear, without recursion, on any input."""
+    if data.count(b"[") + data.count(b"{") <= MAX_DEPTH:
+        return MAX_DEPTH  # cannot be deeper than this: no need to look closer
+    depth = deepest = 0
+    for m in _BRACKET.finditer(_STRING.sub(b"", data)):
+        if m.group() in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
 def decode_event(data: bytes | str, *, line: int | None = None) -> Event:
     """Decode and validate one event from its JSON form.
 
     Raises:
-        InvalidEvent: malformed JSON, a missing, mistyped or unknown field, an unknown type
-            or version, or a payload that breaks a rule of its type.
+        InvalidEvent: malformed JSON, nesting deeper than :data:`MAX_DEPTH`, a missing,
+            mistyped or unknown field, an unknown type or version, a NUL in an
+            identifier, or a payload that breaks a rule of its type.
     """
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if json_depth(raw) > MAX_DEPTH:
+        raise InvalidEvent(f"nested deeper than {MAX_DEPTH} levels of arrays and objects",
+                           line=line)
     try:
         env = _envelope_decoder.decode(data)
     except msgspec.ValidationError as exc:
@@ -263,6 +301,9 @@ def _from_envelope(env: _Envelope, line: int | None) -> Event:
         raise fail("must be a non-empty string", "event_id")
     if not env.tree_id:
         raise fail("must be a non-empty string", "tree_id")
+    for name in ("event_id", "tree_id"):
+        if "\x00" in getattr(env, name):
+            raise fail(_NUL, name)
     if env.type not in PAYLOAD_TYPES:
         raise fail(f"unknown event type {env.type!r}; expected one of {list(EVENT_TYPES)}", "type")
     if not 1 <= env.version <= CURRENT_VERSION:
@@ -270,6 +311,10 @@ def _from_envelope(env: _Envelope, line: int | None) -> Event:
                    "version")
     if env.recorded_at.tzinfo is None:
         raise fail("must carry a UTC offset, e.g. 2026-01-01T10:00:00Z", "recorded_at")
+    try:
+        recorded_at = env.recorded_at.astimezone(UTC)
+    except OverflowError:
+        raise fail("is out of range once converted to UTC", "recorded_at") from None
     try:
         payload = decode_payload(env.type, env.version, env.payload)
     except msgspec.ValidationError as exc:
@@ -280,7 +325,7 @@ def _from_envelope(env: _Envelope, line: int | None) -> Event:
         event_id=env.event_id,
         tree_id=env.tree_id,
         type=env.type,
-        recorded_at=env.recorded_at.astimezone(UTC),
+        recorded_at=recorded_at,
         payload=payload,
         version=CURRENT_VERSION,
         seq=env.seq,
@@ -339,7 +384,70 @@ def normalize(event: Event) -> Event:
         data = _encoder.encode(event)
     except (TypeError, msgspec.EncodeError) as exc:
         raise InvalidEvent(f"not encodable as JSON ({exc})", event_id=event.event_id) from None
-    return decode_event(data)
+    except UnicodeEncodeError:
+        raise InvalidEvent("holds a lone surrogate, which is not Unicode text (JSON and "
+                           "UTF-8 cannot carry it)", event_id=_text_id(event),
+                           field=_find(event, _has_surrogate)) from None
+    except RecursionError:
+        raise InvalidEvent(f"nested deeper than {MAX_DEPTH} levels of arrays and objects",
+                           event_id=_text_id(event), field=_find(event, None)) from None
+    try:
+        return decode_event(data)
+    except InvalidEvent as exc:
+        if exc.field is None and exc.reason.startswith("nested deeper"):
+            raise InvalidEvent(exc.reason, event_id=_text_id(event),
+                               field=_find(event, None)) from None
+        raise
+
+
+_NUL = "must not contain a NUL character (identifiers and labels are plain text)"
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _text_id(event: Event) -> str | None:
+    """The event's id when it is printable as it is (not when it holds a surrogate)."""
+    ev_id = event.event_id
+    return ev_id if isinstance(ev_id, str) and not _has_surrogate(ev_id) else None
+
+
+def _find(event: Event, bad_text: Callable[[str], bool] | None) -> str | None:
+    """The path of the first string (value or key) of ``event`` that ``bad_text`` flags,
+    or, with ``bad_text`` None, of the first value nested deeper than :data:`MAX_DEPTH`.
+    Iterative, so that it works on structures too deep for recursion."""
+    stack: list[tuple[str, Any, int]] = [("", event, 1)]
+    while stack:
+        path, obj, depth = stack.pop()
+        if isinstance(obj, str):
+            if bad_text is not None and bad_text(obj):
+                return path or None
+            continue
+        if isinstance(obj, msgspec.Struct):
+            items: list[tuple[Any, Any]] = [(f, getattr(obj, f)) for f in obj.__struct_fields__]
+        elif isinstance(obj, dict):
+            items = list(obj.items())
+        elif isinstance(obj, list | tuple):
+            items = list(enumerate(obj))
+        else:
+            continue
+        if bad_text is None and depth > MAX_DEPTH:
+            # the field that holds the deep value, not the index of each level below it
+            return re.sub(r"(\[\d+\])+$", "", path) or None
+        for key, value in reversed(items):
+            if isinstance(key, int):
+                child = f"{path}[{key}]"
+            else:
+                if bad_text is not None and isinstance(key, str) and bad_text(key):
+                    return path or None
+                child = f"{path}.{key}" if path else str(key)
+            stack.append((child, value, depth + 1))
+    return None
 
 
 # --- payload rules beyond types ------------------------------------------------------------
@@ -348,7 +456,24 @@ _ROOT_ONLY = ("messages", "task", "tools", "origin")
 _MESSAGE_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 
 
+#: Payload strings stored in columns of their own (PostgreSQL text cannot hold NUL).
+_LABELS: Final = ("node_id", "parent_id", "source", "reason", "origin")
+
+
+def _check_labels(p: Payload, fail: Callable[[str, str | None], InvalidEvent]) -> None:
+    for name in _LABELS:
+        value = getattr(p, name, None)
+        if isinstance(value, str) and "\x00" in value:
+            raise fail(_NUL, f"payload.{name}")
+    if isinstance(p, NodeCreated) and p.task is not None:
+        for name in ("env", "task_id"):
+            value = p.task.get(name)
+            if isinstance(value, str) and "\x00" in value:
+                raise fail(_NUL, f"payload.task.{name}")
+
+
 def _check_payload(p: Payload, fail: Callable[[str, str | None], InvalidEvent]) -> None:
+    _check_labels(p, fail)
     if isinstance(p, NodeCreated):
         if not p.node_id:
             raise fail("must be a non-empty string", "payload.node_id")

@@ -28,9 +28,10 @@ Formats (``options`` is an :class:`ExportOptions`; values and pairs as in
     and ``se`` (the scored leaves beneath it and its value's standard error, or null).
 ``sft``
     ``{"messages": [...]}`` (plus ``tools``) for each root-to-leaf path whose leaf scores
-    (its own score: never discounted) at least ``min_score``, done or cut off. The leaf's
-    own observation is left off the end: the conversation ends with the last assistant
-    turn, the one thing a trainer learns from.
+    (its own score: never discounted) at least ``min_score``, done or cut off, and that
+    holds an assistant step (a scored root alone gives no row: no export writes a row
+    without an assistant step). The leaf's own observation is left off the end: the
+    conversation ends with the last assistant turn, the one thing a trainer learns from.
 ``trajectory-pairs``
     Every root-to-leaf path with a valued leaf is an episode; episodes of one task
     (``env`` and ``task_id``, across trees) are ranked by value and paired from both
@@ -48,6 +49,12 @@ Formats (``options`` is an :class:`ExportOptions`; values and pairs as in
     (none for the first) followed by action *i*, joined by blank lines, so a step's label
     is predicted before its own outcome is seen. Label *i* is ``value(node_i) >=
     label_threshold``.
+``events``
+    The raw events of the selected trees, one per line in the event format (what
+    ``branchpoint ingest`` reads), in ``seq`` order, without the store-assigned ``seq``
+    (a store assigns its own): a backup, or a move from one store to another (SQLite to
+    PostgreSQL). Ingesting it into another store gives the same trees and the same
+    exports. Export options other than the tree filter do not apply.
 
 Tool-call arguments are written as JSON objects (what Hugging Face chat templates expect)
 unless ``tool_arguments="string"``; an argument string that is not a JSON object (invalid
@@ -64,8 +71,8 @@ from typing import Any, Final, Literal
 import msgspec
 import networkx as nx
 
-from branchpoint.store.events import ActionExecuted, Event, NodeCreated
-from branchpoint.store.log import EventLog, TreeFilter, TreeSummary
+from branchpoint.store.events import ActionExecuted, Event, NodeCreated, encode_event
+from branchpoint.store.log import EventLog, TreeFilter, TreeSummary, iter_events
 from branchpoint.store.pairs import (
     DEFAULT_MARGIN,
     TOLERANCE,
@@ -87,6 +94,7 @@ from branchpoint.store.values import (
 
 __all__ = [
     "FORMATS",
+    "TRAINING_FORMATS",
     "ExportOptions",
     "TreeView",
     "compute_stats",
@@ -94,7 +102,11 @@ __all__ = [
     "render_message",
 ]
 
-FORMATS: Final[tuple[str, ...]] = ("dpo", "steps", "sft", "trajectory-pairs", "stepwise")
+#: The formats of training data, each derived from trees.
+TRAINING_FORMATS: Final[tuple[str, ...]] = ("dpo", "steps", "sft", "trajectory-pairs",
+                                            "stepwise")
+#: Every format: the training formats, and ``events``, the log itself.
+FORMATS: Final[tuple[str, ...]] = (*TRAINING_FORMATS, "events")
 Message = dict[str, Any]
 
 _encoder = msgspec.json.Encoder()
@@ -319,7 +331,10 @@ def _sft(t: TreeView) -> Iterator[bytes]:
         value = t.values.get(leaf)  # a leaf's value is its own score: never discounted
         if value is None or value < t.options.min_score - TOLERANCE:
             continue
-        row: dict[str, Any] = {"messages": _trim(t.conversation(leaf))}
+        if leaf == t.graph.graph["root"]:  # a scored root alone: no step to learn from
+            continue
+        messages = _trim(t.conversation(leaf))
+        row: dict[str, Any] = {"messages": messages}
         if t.tools:
             row["tools"] = t.tools
         yield _line(row)
@@ -395,11 +410,26 @@ async def export_lines(log: EventLog, fmt: str, options: ExportOptions | None = 
         async for line in _trajectory_pairs(log, options):
             yield line
         return
+    if fmt == "events":
+        async for line in _events(log, options):
+            yield line
+        return
     per_tree = _PER_TREE[fmt]
     for summary in await _trees(log, options):
         view = TreeView(summary.tree_id, await log.read_tree(summary.tree_id), options)
         for line in per_tree(view):
             yield line
+
+
+async def _events(log: EventLog, options: ExportOptions) -> AsyncIterator[bytes]:
+    where = options.trees()
+    # the trees are chosen once, up front; events are read in seq order, page by page
+    wanted = None if where == TreeFilter() else {t.tree_id for t in await _trees(log, options)}
+    if wanted is not None and not wanted:
+        return
+    async for ev in iter_events(log):
+        if wanted is None or ev.tree_id in wanted:
+            yield encode_event(msgspec.structs.replace(ev, seq=None)) + b"\n"
 
 
 async def _trajectory_pairs(log: EventLog, options: ExportOptions) -> AsyncIterator[bytes]:

@@ -16,20 +16,22 @@ import asyncio
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Sequence
 from contextlib import aclosing
 from datetime import datetime
-from typing import Protocol, TypeAlias, runtime_checkable
+from typing import Final, Protocol, TypeAlias, runtime_checkable
 
 import msgspec
 
-from branchpoint.store.errors import InvalidEvent, TreeNotFound
+from branchpoint.store.errors import TreeNotFound
 from branchpoint.store.events import (
+    CURRENT_VERSION,
     ActionExecuted,
     Event,
     EventHead,
     HeadRow,
     NodeCreated,
     TreeClosed,
+    canonical_payload,
+    decode_payload,
     digest,
-    normalize,
 )
 from branchpoint.store.splits import SPLITS, Split, split_of_task
 from branchpoint.store.validation import NodeFacts, Validator
@@ -41,8 +43,10 @@ __all__ = [
     "EventLog",
     "MemoryEventLog",
     "TreeFilter",
+    "TreePage",
     "TreeSummary",
     "open_log",
+    "tree_cursor",
 ]
 
 
@@ -107,6 +111,48 @@ class TreeFilter(msgspec.Struct, frozen=True, kw_only=True):
             and (self.until is None or t.created_at < self.until)
             and (self.finished is None or (t.closed is not None) == self.finished)
         )
+
+
+class TreePage(list[TreeSummary]):
+    """One page of a tree listing: a list of :class:`TreeSummary` (oldest first) that
+    also carries ``next_cursor``, the opaque cursor of the page after it, or None when
+    this page is the last. A listing without a limit is one page holding every tree."""
+
+    def __init__(self, trees: Iterable[TreeSummary] = (), next_cursor: str | None = None
+                 ) -> None:
+        super().__init__(trees)
+        self.next_cursor = next_cursor
+
+
+_CURSOR_PREFIX: Final = "t1."
+
+
+def tree_cursor(after: TreeSummary) -> str:
+    """The cursor of the listing that goes on after ``after``. Cursors follow the
+    trees' ``root_seq`` (listing order), so a page never repeats or skips a tree however
+    many trees are added meanwhile (new trees come last)."""
+    return f"{_CURSOR_PREFIX}{after.root_seq}"
+
+
+def cursor_position(cursor: str | None) -> int:
+    """The ``root_seq`` after which a listing resumes (0 for no cursor).
+
+    Raises:
+        ValueError: ``cursor`` is not one that :func:`tree_cursor` made.
+    """
+    if cursor is None:
+        return 0
+    digits = cursor.removeprefix(_CURSOR_PREFIX)
+    if digits == cursor or not digits.isdigit() or not digits.isascii():
+        raise ValueError(f"not a tree listing cursor: {cursor!r}")
+    return int(digits)
+
+
+def check_limit(limit: int | None) -> None:
+    """Raises: ValueError: ``limit`` is not None or a positive integer."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                              or limit < 1):
+        raise ValueError(f"limit must be a positive integer, got {limit!r}")
 
 
 #: Part of a batch: its events and their line numbers in the source (None: their positions
@@ -198,10 +244,15 @@ class EventLog(Protocol):
         """
         ...
 
-    async def list_trees(self, where: TreeFilter | None = None) -> list[TreeSummary]:
-        """Trees matching ``where``, oldest first.
+    async def list_trees(self, where: TreeFilter | None = None, *, limit: int | None = None,
+                         cursor: str | None = None) -> TreePage:
+        """Trees matching ``where``, oldest first: at most ``limit`` of them (all when
+        None), starting after ``cursor`` (the ``next_cursor`` of the page before; None for
+        the first page). The page is a list; its ``next_cursor`` is None on the last page.
 
         Raises:
+            ValueError: ``limit`` is not a positive integer, or ``cursor`` is not one that
+                a listing returned.
             StoreUnavailable: the database cannot be reached.
         """
         ...
@@ -232,14 +283,13 @@ def normalize_batch(events: Sequence[Event], lines: Sequence[int] | None = None
     """:func:`~branchpoint.store.events.normalize` each event of a batch.
 
     Raises:
-        InvalidEvent: as ``normalize``, located at the event's line (default: 1-based index).
+        InvalidEvent: as ``normalize``, located at the event's line (default: 1-based
+            index), with every event that does not normalize in ``problems``.
     """
-    out = []
-    for i, ev in enumerate(events):
-        try:
-            out.append(normalize(ev))
-        except InvalidEvent as exc:
-            raise exc.at(lines[i] if lines is not None else i + 1) from None
+    rules = Validator()
+    lines = range(1, len(events) + 1) if lines is None else lines
+    out, _, _ = rules.normalized(events, lines, range(len(events)))
+    rules.raise_if_refused()
     return out
 
 
@@ -259,13 +309,14 @@ class _Async:
             raise StopAsyncIteration from None
 
 
-async def prepared_chunks(chunks: Chunks, *, normalized: bool = False
-                          ) -> AsyncGenerator[tuple[list[Event], Sequence[int]]]:
-    """Each chunk of a batch with its line numbers filled in (positions counted across the
-    chunks where a chunk has none), its events normalized unless ``normalized``.
+async def prepared_chunks(chunks: Chunks, rules: Validator, *, normalized: bool = False
+                          ) -> AsyncGenerator[tuple[list[Event], Sequence[int], Sequence[int]]]:
+    """Each chunk of a batch as ``(events, lines, indices)``: line numbers filled in
+    (positions counted across the chunks where a chunk has none), each event's 0-based
+    position in the whole batch, events normalized unless ``normalized``. An event that
+    does not normalize is refused in ``rules`` and left out of its chunk.
 
     Raises:
-        InvalidEvent: an event does not normalize, located at its line.
         ValueError: a chunk has not one line number per event.
     """
     seen = 0
@@ -274,8 +325,12 @@ async def prepared_chunks(chunks: Chunks, *, normalized: bool = False
         lines = range(seen + 1, seen + len(events) + 1) if given is None else given
         if len(lines) != len(events):
             raise ValueError(f"{len(events)} events but {len(lines)} line numbers")
+        indices = range(seen, seen + len(events))
         seen += len(events)
-        yield (list(events) if normalized else normalize_batch(events, lines)), lines
+        if normalized:
+            yield list(events), lines, indices
+        else:
+            yield rules.normalized(events, lines, indices)
 
 
 class MemoryEventLog:
@@ -299,36 +354,47 @@ class MemoryEventLog:
             rules = Validator()
             fresh: list[Event] = []
             total = 0
-            async with aclosing(prepared_chunks(chunks, normalized=normalized)) as each:
-                async for events, lines in each:
+            async with aclosing(prepared_chunks(chunks, rules, normalized=normalized)) as each:
+                async for events, lines, indices in each:
                     total += len(events)
                     _, trees, keys = rules.unknown(events)
                     rules.learn((t for t in trees if t in self._trees),
                                 {k: self._facts[k] for k in keys if k in self._facts})
-                    kept = rules.drop_duplicates(events, self._by_id, lines)
+                    kept = rules.drop_duplicates(events, self._by_id, lines, indices=indices)
                     kept_events = [events[i] for i in kept]
-                    rules.check(kept_events, [lines[i] for i in kept])
+                    rules.check(kept_events, [lines[i] for i in kept],
+                                [indices[i] for i in kept])
                     fresh += kept_events
+            rules.raise_if_refused()
             for ev in fresh:  # every chunk passed: the batch is stored
-                self._store(ev)
+                self._store(ev, canonical=not normalized)
             last = self._events[-1].seq if self._events else None
             return AppendResult(len(fresh), total - len(fresh), last)
 
-    def _store(self, ev: Event) -> None:
-        ev = msgspec.structs.replace(ev, seq=len(self._events) + 1)
+    def _store(self, ev: Event, *, canonical: bool) -> None:
+        # Stored as the SQL logs store it: the canonical payload (keys sorted at every
+        # level), so that the same events read back, and export, as the same bytes.
+        # normalize() already did this; events decoded from JSON keep the sender's order.
+        payload = ev.payload if canonical else decode_payload(
+            ev.type, CURRENT_VERSION, canonical_payload(ev.payload))
+        ev = msgspec.structs.replace(ev, seq=len(self._events) + 1, payload=payload)
         self._events.append(ev)
         self._by_id[ev.event_id] = digest(ev)
         self._by_tree.setdefault(ev.tree_id, []).append(ev)
         p = ev.payload
         if isinstance(p, NodeCreated):
             self._facts[(ev.tree_id, p.node_id)] = NodeFacts(p.parent_id is None, False, None)
+            parent = self._facts.get((ev.tree_id, p.parent_id or ""))
+            if p.parent_id is not None and parent is not None and not parent.has_children:
+                self._facts[(ev.tree_id, p.parent_id)] = parent._replace(has_children=True)
             if p.parent_id is None:
                 task = p.task or {}
                 self._trees[ev.tree_id] = TreeSummary(
                     ev.tree_id, task["env"], task["task_id"], p.origin, ev.recorded_at,
                     ev.seq or 0, split=split_of_task(task))
         elif isinstance(p, ActionExecuted):
-            self._facts[(ev.tree_id, p.node_id)] = NodeFacts(False, True, p.done)
+            key = (ev.tree_id, p.node_id)
+            self._facts[key] = self._facts[key]._replace(executed=True, done=p.done)
         elif isinstance(p, TreeClosed):
             self._trees[ev.tree_id] = msgspec.structs.replace(self._trees[ev.tree_id],
                                                               closed=p.reason)
@@ -352,12 +418,24 @@ class MemoryEventLog:
     async def read_after(self, seq: int = 0, *, limit: int = 1000) -> list[Event]:
         return self._events[max(seq, 0): max(seq, 0) + limit]
 
-    async def list_trees(self, where: TreeFilter | None = None) -> list[TreeSummary]:
+    async def list_trees(self, where: TreeFilter | None = None, *, limit: int | None = None,
+                         cursor: str | None = None) -> TreePage:
+        check_limit(limit)
         where = where or TreeFilter()
-        return [t for t in self._trees.values() if where.matches(t)]
+        after = cursor_position(cursor)
+        found = [t for t in self._trees.values() if t.root_seq > after and where.matches(t)]
+        return page_of(found, limit)
 
     async def close(self) -> None:
         return None
+
+
+def page_of(trees: list[TreeSummary], limit: int | None) -> TreePage:
+    """The page of the first ``limit`` of ``trees`` (read with one more than ``limit``,
+    so that the page knows whether another follows)."""
+    if limit is None or len(trees) <= limit:
+        return TreePage(trees)
+    return TreePage(trees[:limit], tree_cursor(trees[limit - 1]))
 
 
 async def open_log(url: str) -> EventLog:

@@ -17,7 +17,9 @@
 --      stored `digest` of the batch's event_ids, and call check_batch with the facts that
 --      lookups() names: the batch's tree_ids present in `trees`, and for each
 --      (tree_id, node_id) its node_created row (is it a root?) and action_executed row
---      (done?).
+--      (done?), and, for a node that the batch marks done, whether a node_created row
+--      names it as parent (NodeFacts.has_children). A refused batch raises InvalidEvent
+--      whose `problems` list every refused event.
 --   4. INSERT the events (leave `seq` to SQLite), then one `trees` row per root (its
 --      split from branchpoint.store.splits.split_of_task), then COMMIT. Any error: ROLLBACK, and nothing of the batch is stored.
 --

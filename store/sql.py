@@ -42,7 +42,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from branchpoint.store import sqlbase
 from branchpoint.store.errors import InvalidEvent, StoreUnavailable, TreeNotFound
 from branchpoint.store.events import Event, EventHead, HeadRow
-from branchpoint.store.log import AppendResult, Chunks, TreeFilter, TreeSummary, prepared_chunks
+from branchpoint.store.log import (
+    AppendResult,
+    Chunks,
+    TreeFilter,
+    TreePage,
+    check_limit,
+    cursor_position,
+    page_of,
+    prepared_chunks,
+)
 from branchpoint.store.sqlbase import (
     EVENT_COLUMNS,
     EVENT_SELECT,
@@ -116,10 +125,11 @@ class _Recorder:
         self.statements.append((sql, list(rows), True))
 
 
-def _validate(conn: Connection, appender: Appender, events: list[Event],
-              lines: Sequence[int], rows: list[tuple[Any, ...]]
+def _validate(conn: Connection, appender: Appender,
+              chunk: tuple[list[Event], Sequence[int], list[tuple[Any, ...]], Sequence[int]]
               ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    return appender.validate(_SaExecutor(conn), events, lines, rows)
+    events, lines, rows, indices = chunk
+    return appender.validate(_SaExecutor(conn), events, lines, rows, indices)
 
 
 def _result(conn: Connection, appender: Appender) -> AppendResult:
@@ -197,6 +207,15 @@ class PgStatements:
     def executed(self, db: Executor, keys: Sequence[tuple[str, str]]
                  ) -> list[tuple[str, str, bool | None]]:
         return self._keys(db, keys, "e.done", "action_executed")
+
+    def with_children(self, db: Executor, keys: Sequence[tuple[str, str]]
+                      ) -> list[tuple[str, str]]:
+        rows = db.fetchall(
+            f"SELECT DISTINCT e.tree_id, e.parent_id FROM events e "
+            f"JOIN {_unnest(['t', 'n'], ['text', 'text'])} "
+            f"ON e.tree_id = k.t AND e.parent_id = k.n WHERE e.type = 'node_created'",
+            ([k[0] for k in keys], [k[1] for k in keys]))
+        return [(r[0], r[1]) for r in rows]
 
     def insert(self, db: Executor, rows: list[tuple[Any, ...]],
                trees: list[tuple[Any, ...]]) -> None:
@@ -406,13 +425,14 @@ class SqlEventLog:
                 appender = await conn.run_sync(self._start)
                 insert: asyncio.Future[None] | None = None
                 try:
-                    async with aclosing(prepared_chunks(chunks, normalized=normalized)) as each:
-                        async for events, lines in each:
+                    async with aclosing(prepared_chunks(
+                            chunks, appender.rules, normalized=normalized)) as each:
+                        async for events, lines, indices in each:
                             rows = event_rows(events)  # while the previous chunk goes in
                             if insert is not None:
                                 await insert
                             fresh, trees = await conn.run_sync(
-                                _validate, appender, events, lines, rows)
+                                _validate, appender, (events, lines, rows, indices))
                             insert = None
                             if fresh:
                                 insert = await self._start_insert(conn, fresh, trees,
@@ -546,11 +566,17 @@ class SqlEventLog:
                    f"{'NOT NULL' if w.finished else 'NULL'}")
         return sql + " ORDER BY root_seq", params
 
-    async def list_trees(self, where: TreeFilter | None = None) -> list[TreeSummary]:
+    async def list_trees(self, where: TreeFilter | None = None, *, limit: int | None = None,
+                         cursor: str | None = None) -> TreePage:
+        check_limit(limit)
+        after = cursor_position(cursor)
         sql, params = self._trees_sql(where, "t.tree_id, t.env, t.task_id, t.task_id_is_int, "
-                                      "t.origin, t.created_at, t.split, t.root_seq")
+                                      "t.origin, t.created_at, t.split, t.root_seq",
+                                      f"t.root_seq > {after}" if after else "")
+        if limit is not None:
+            sql += f" LIMIT {limit + 1}"  # one more: is there a next page?
         rows = await self._read(sql, params)
-        return [summary_from_row(r) for r in rows]
+        return page_of([summary_from_row(r) for r in rows], limit)
 
     async def iter_heads(self, where: TreeFilter | None = None, *,
                          tree_ids: Sequence[str] | None = None

@@ -227,6 +227,11 @@ class Statements(Protocol):
         """``(tree_id, node_id, done)`` of the stored action_executed among ``keys``."""
         ...
 
+    def with_children(self, db: Executor, keys: Sequence[tuple[str, str]]
+                      ) -> list[tuple[str, str]]:
+        """The ``(tree_id, node_id)`` among ``keys`` that have a stored child."""
+        ...
+
     def insert(self, db: Executor, rows: list[tuple[Any, ...]],
                trees: list[tuple[Any, ...]]) -> None: ...
 
@@ -250,29 +255,27 @@ class Appender:
     a later chunk's lookups need not see an earlier chunk's rows.
     """
 
-    def __init__(self, db: Executor, sql: Statements) -> None:
+    def __init__(self, db: Executor, sql: Statements, rules: Validator | None = None) -> None:
         self._sql = sql
-        self._rules = Validator()
+        self.rules = self._rules = rules or Validator()
         # an empty log holds no digests, roots or nodes: every lookup can be skipped
         self._empty = sql.last_seq(db) is None
         self.stored = self.duplicates = 0
 
     def validate(self, db: Executor, events: Sequence[Event], lines: Sequence[int],
-                 rows: Sequence[tuple[Any, ...]]
+                 rows: Sequence[tuple[Any, ...]], indices: Sequence[int] | None = None
                  ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        """Check one chunk (normalized events, their ``lines`` and :func:`event_rows`)
-        against the stored facts and the chunks before it.
+        """Check one chunk (normalized events, their ``lines`` and :func:`event_rows`, and
+        their ``indices`` in the batch) against the stored facts and the chunks before it.
 
-        Returns the ``events`` rows to insert (re-sent events dropped) and ``trees`` rows.
-
-        Raises:
-            InvalidEvent: the chunk breaks a rule.
-            ConflictingEvent: an ``event_id`` is stored, or repeated, with other content.
+        Returns the ``events`` rows to insert (re-sent events dropped) and ``trees`` rows;
+        none once any event of the batch is refused (the rest is still judged, so that
+        the refusal reports the whole batch; :meth:`result` raises it).
         """
         rules, sql = self._rules, self._sql
         stored: dict[str, str] = {}
         if not self._empty:
-            ids, trees, keys = rules.unknown(events)
+            ids = [e.event_id for e in events if e.event_id not in rules.digests]
             for row in sql.stored(db, ids) if ids else ():
                 d = row[1]
                 if d is None:  # stored before the digest column existed
@@ -280,48 +283,76 @@ class Appender:
 
                     d = digest(event_from_row(row[2:]))
                 stored[row[0]] = d
-            roots = sql.roots(db, sorted(trees)) if trees else set()
-            # a tree without a stored root has no stored nodes (every event needs the root)
-            in_stored = sorted(k for k in keys if k[0] in roots or k[0] in rules.stored_roots)
-            nodes: dict[tuple[str, str], NodeFacts] = {}
-            if in_stored:
-                for t, n, is_root in sql.created(db, in_stored):
-                    nodes[(t, n)] = NodeFacts(bool(is_root), False, None)
-                for t, n, done in sql.executed(db, in_stored):
-                    nodes[(t, n)] = NodeFacts(False, True, None if done is None else bool(done))
-            rules.learn(roots, nodes)
-        kept = rules.drop_duplicates(events, stored, lines, [r[_DIGEST] for r in rows])
+        # Re-sent events go first: the rules never judge them, so their trees and nodes
+        # need no lookups (a re-sent batch costs one indexed query per 500 event ids).
+        kept = rules.drop_duplicates(events, stored, lines, [r[_DIGEST] for r in rows],
+                                     indices)
         self.duplicates += len(events) - len(kept)
         if len(kept) != len(events):
             events = [events[i] for i in kept]
             lines = [lines[i] for i in kept]
             rows = [rows[i] for i in kept]
-        rules.check(events, lines)
+            indices = None if indices is None else [indices[i] for i in kept]
+        if not self._empty and events:
+            self._learn(db, events)
+        rules.check(events, lines, indices)
         self.stored += len(events)
+        if rules.problems:
+            return [], []
         return list(rows), [r for r in map(tree_row, events) if r is not None]
 
+    def _learn(self, db: Executor, events: Sequence[Event]) -> None:
+        """Look up the stored facts the rules need for ``events`` and teach them."""
+        rules, sql = self._rules, self._sql
+        _, trees, keys = rules.unknown(events)
+        roots = sql.roots(db, sorted(trees)) if trees else set()
+        # a tree without a stored root has no stored nodes (every event needs the root)
+        in_stored = sorted(k for k in keys if k[0] in roots or k[0] in rules.stored_roots)
+        nodes: dict[tuple[str, str], NodeFacts] = {}
+        if in_stored:
+            for t, n, is_root in sql.created(db, in_stored):
+                nodes[(t, n)] = NodeFacts(bool(is_root), False, None)
+            for t, n, done in sql.executed(db, in_stored):
+                nodes[(t, n)] = NodeFacts(False, True, None if done is None else bool(done))
+        rules.learn(roots, nodes)
+        # a node that an execution marks done must have no stored child
+        ending = sorted(k for k in rules.ending(events)
+                        if k[0] in roots or k[0] in rules.stored_roots)
+        if ending:
+            rules.learn((), {}, (ending, sql.with_children(db, ending)))
+
     def result(self, db: Executor) -> AppendResult:
-        """What the whole append did (ask once every chunk is inserted)."""
+        """What the whole append did (ask once every chunk is inserted).
+
+        Raises:
+            InvalidEvent: an event of the batch was refused (``problems`` lists all).
+            ConflictingEvent: the only refusals are conflicts.
+        """
+        self._rules.raise_if_refused()
         return AppendResult(self.stored, self.duplicates, self._sql.last_seq(db))
 
 
 def append_batch(db: Executor, sql: Statements, events: Sequence[Event],
-                 lines: Sequence[int] | None) -> AppendResult:
+                 lines: Sequence[int] | None, *, indices: Sequence[int] | None = None,
+                 rules: Validator | None = None) -> AppendResult:
     """Validate ``events`` (already normalized) against the stored facts and insert them:
     :class:`Appender` over a single chunk.
 
     Must run inside one write transaction that the caller commits, or rolls back when this
     raises; that is what makes a batch all-or-nothing.
 
+    ``rules`` may already hold refusals of the batch (events that did not normalize) and
+    ``indices`` are the events' positions in the batch (default: 0, 1, ...).
+
     Raises:
         InvalidEvent: the batch breaks a rule (see :mod:`branchpoint.store.validation`).
         ConflictingEvent: an ``event_id`` is stored, or repeated, with other content.
     """
-    appender = Appender(db, sql)
+    appender = Appender(db, sql, rules)
     if events:
         rows, trees = appender.validate(
             db, events, range(1, len(events) + 1) if lines is None else lines,
-            event_rows(events))
+            event_rows(events), range(len(events)) if indices is None else indices)
         if rows:
             sql.insert(db, rows, trees)
     return appender.result(db)
@@ -404,6 +435,9 @@ SQLITE_BACKFILL_TREES: Final = (
     "recorded_at, NULL, seq FROM events WHERE type = 'node_created' AND parent_id IS NULL")
 
 
+_ON_NODE: Final = "e.tree_id = k.column1 AND e.node_id = k.column2"
+
+
 class SqliteStatements:
     """:class:`Statements` for SQLite (``?`` parameters, IN lists in chunks)."""
 
@@ -429,28 +463,36 @@ class SqliteStatements:
                 f"SELECT tree_id FROM trees WHERE tree_id IN ({marks})", part))
         return out
 
-    def _by_tree(self, db: Executor, keys: Sequence[tuple[str, str]], select: str
-                 ) -> list[Any]:
-        by_tree: dict[str, list[str]] = {}
-        for t, n in keys:
-            by_tree.setdefault(t, []).append(n)
+    def _by_key(self, db: Executor, keys: Sequence[tuple[str, str]], select: str,
+                on: str, where: str) -> list[Any]:
+        """``select`` over ``events e`` joined to the ``keys`` (a VALUES list ``k`` of
+        ``(tree_id, node_id)``, ``on`` the join condition), a chunk of keys per query:
+        one query for many trees, each key probing an index (CROSS JOIN makes SQLite
+        loop over the keys outside)."""
         out: list[Any] = []
-        for t, nodes in by_tree.items():
-            for part in chunks(nodes):
-                marks = ",".join("?" * len(part))
-                out += db.fetchall(f"{select} AND tree_id = ? AND node_id IN ({marks})",
-                                   [t, *part])
+        for part in chunks(keys):
+            values = ", ".join(["(?, ?)"] * len(part))
+            out += db.fetchall(
+                f"{select} FROM (VALUES {values}) AS k CROSS JOIN events e ON {on} "
+                f"WHERE {where}", [x for key in part for x in key])
         return out
 
     def created(self, db: Executor, keys: Sequence[tuple[str, str]]
                 ) -> list[tuple[str, str, bool]]:
-        return self._by_tree(db, keys, "SELECT tree_id, node_id, parent_id IS NULL "
-                             "FROM events WHERE type = 'node_created'")
+        return self._by_key(db, keys, "SELECT e.tree_id, e.node_id, e.parent_id IS NULL",
+                            _ON_NODE, "e.type = 'node_created'")
 
     def executed(self, db: Executor, keys: Sequence[tuple[str, str]]
                  ) -> list[tuple[str, str, bool | None]]:
-        return self._by_tree(db, keys, "SELECT tree_id, node_id, done "
-                             "FROM events WHERE type = 'action_executed'")
+        return self._by_key(db, keys, "SELECT e.tree_id, e.node_id, e.done", _ON_NODE,
+                            "e.type = 'action_executed'")
+
+    def with_children(self, db: Executor, keys: Sequence[tuple[str, str]]
+                      ) -> list[tuple[str, str]]:
+        rows = self._by_key(db, keys, "SELECT DISTINCT e.tree_id, e.parent_id",
+                            "e.tree_id = k.column1 AND e.parent_id = k.column2",
+                            "e.type = 'node_created'")
+        return [(r[0], r[1]) for r in rows]
 
     def insert(self, db: Executor, rows: list[tuple[Any, ...]],
                trees: list[tuple[Any, ...]]) -> None:

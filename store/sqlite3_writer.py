@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from branchpoint.store.errors import InvalidEvent, StoreUnavailable
 from branchpoint.store.events import Event
-from branchpoint.store.log import AppendResult, normalize_batch
+from branchpoint.store.log import AppendResult
 from branchpoint.store.sqlbase import (
     SqliteStatements,
     append_batch,
@@ -23,6 +23,7 @@ from branchpoint.store.sqlbase import (
     run_migration,
     sqlite_migration,
 )
+from branchpoint.store.validation import Validator
 
 __all__ = ["Sqlite3Writer"]
 
@@ -93,16 +94,25 @@ class Sqlite3Writer:
             ConflictingEvent: an ``event_id`` is stored with other content.
             StoreUnavailable: the database failed or stayed locked.
         """
-        evs = list(events) if normalized else normalize_batch(events, lines)
+        rules = Validator()
+        given: Sequence[int] = range(1, len(events) + 1) if lines is None else lines
+        kept_lines: Sequence[int]
+        indices: Sequence[int]
+        if normalized:
+            evs, kept_lines, indices = list(events), given, range(len(events))
+        else:
+            # refused events are reported with the rest of the batch's problems
+            evs, kept_lines, indices = rules.normalized(events, given, range(len(events)))
         try:
             return self._transaction(
-                lambda db: append_batch(db, _STATEMENTS, evs, lines))
+                lambda db: append_batch(db, _STATEMENTS, evs, kept_lines, indices=indices,
+                                        rules=rules))
         except sqlite3.IntegrityError as exc:
             # Only a writer that skipped BEGIN IMMEDIATE can race us past validation.
             found = first_collision(_Cursor(self._con), _STATEMENTS, evs)
             i, field = found if found is not None else (0, None)
             raise InvalidEvent(f"conflicts with an event stored concurrently ({exc})",
-                               line=(lines[i] if lines is not None else i + 1) if evs else None,
+                               line=kept_lines[i] if evs else None,
                                event_id=evs[i].event_id if evs else None,
                                field=field) from exc
         except sqlite3.Error as exc:

@@ -3,8 +3,7 @@
 
 - :func:`branch_points`: every branching point with its outcome (a pair, or the reason it
   was dropped), as :func:`~branchpoint.store.pairs.extract_pairs` decides it.
-- :func:`evidence`: how many valued leaves stand under each node and the standard error of
-  their mean, the evidence behind a node's value.
+- :func:`evidence`: how many valued leaves a node's value rests on and its standard error.
 - :func:`subtree`: a window of a tree, breadth first from one node, so a tree of thousands
   of nodes loads in parts (a node's children come all together or not at all).
 - :func:`label`: a one-line summary of an action for a tree's outline.
@@ -24,7 +23,7 @@ import msgspec
 import networkx as nx
 
 from branchpoint.store.exports import TreeView
-from branchpoint.store.pairs import TOLERANCE, extract_pairs, scan
+from branchpoint.store.pairs import TOLERANCE, same_action, scan
 
 __all__ = ["branch_points", "evidence", "label", "leaf_values", "subtree"]
 
@@ -33,13 +32,13 @@ LABEL_CHARS = 120
 
 
 def branch_points(t: TreeView) -> dict[str, dict[str, Any]]:
-    """Each branching point's outcome: ``{"pair": bool, "reason": None | "tie" |
-    "under_margin" | "identical", "chosen", "rejected", "chosen_value", "rejected_value",
-    "margin"}`` (the last five only for a pair or an identical drop)."""
+    """Each branching point's outcome, as the exports decide it: ``{"pair": bool,
+    "reason": None | "tie" | "under_margin" | "identical" | "low_confidence"}``, and for a
+    pair ``chosen``, ``rejected``, ``chosen_value``, ``rejected_value``, ``margin``."""
     margin = t.options.margin
-    pairs, _ = extract_pairs(t.graph, t.values, t.actions, margin=margin)
+    pairs, _ = t.pairs()
     paired = {p.parent: p for p in pairs}
-    candidates = {c.parent for c in scan(t.graph, t.values, margin=margin).candidates}
+    candidates = {c.parent: c for c in scan(t.graph, t.estimates, margin=margin).candidates}
     out: dict[str, dict[str, Any]] = {}
     g, values = t.graph, t.values
     for parent in g.nodes:
@@ -47,13 +46,15 @@ def branch_points(t: TreeView) -> dict[str, dict[str, Any]]:
         if len(valued) < 2:
             continue
         p = paired.get(parent)
+        c = candidates.get(parent)
         if p is not None:
             out[parent] = {"pair": True, "reason": None, "chosen": p.chosen,
                            "rejected": p.rejected, "chosen_value": p.chosen_value,
                            "rejected_value": p.rejected_value,
                            "margin": p.chosen_value - p.rejected_value}
-        elif parent in candidates:
-            out[parent] = {"pair": False, "reason": "identical"}
+        elif c is not None:
+            same = same_action(t.actions[c.chosen], t.actions[c.rejected])
+            out[parent] = {"pair": False, "reason": "identical" if same else "low_confidence"}
         else:
             diff = max(valued) - min(valued)
             out[parent] = {"pair": False,
@@ -68,28 +69,15 @@ def leaf_values(g: nx.DiGraph, values: Mapping[str, float]) -> list[float]:
             if g.out_degree(n) == 0 and n in values and n != g.graph["root"]]
 
 
-def evidence(g: nx.DiGraph, values: Mapping[str, float]) -> dict[str, tuple[int, float | None]]:
-    """For every node, ``(n, se)``: ``n`` valued leaves at or under it, ``se`` the standard
-    error of their mean (sample standard deviation over ``sqrt(n)``; None below two)."""
-    nodes = g.nodes
-    # count, sum, sum of squares, gathered deepest first (no recursion: deep trees are fine)
-    acc: dict[str, tuple[int, float, float]] = {}
-    for n in sorted(nodes, key=lambda n: -nodes[n]["depth"]):
-        count, total, squares = 0, 0.0, 0.0
-        kids = list(g.successors(n))
-        if not kids and n in values:
-            count, total, squares = 1, values[n], values[n] ** 2
-        for c in kids:
-            k, s, q = acc[c]
-            count, total, squares = count + k, total + s, squares + q
-        acc[n] = (count, total, squares)
+def evidence(t: TreeView) -> dict[str, tuple[int, float | None]]:
+    """For every node, ``(n, se)``: the valued leaves its value rests on and the standard
+    error of that value, as :func:`~branchpoint.store.values.node_estimates` gives them
+    (``(0, None)`` for a node without a value; ``se`` None where it is not finite)."""
     out: dict[str, tuple[int, float | None]] = {}
-    for n, (count, total, squares) in acc.items():
-        se = None
-        if count >= 2:
-            var = max(squares - total * total / count, 0.0) / (count - 1)
-            se = math.sqrt(var / count)
-        out[n] = (count, se)
+    for n in t.graph.nodes:
+        e = t.estimates.get(n)
+        out[n] = (0, None) if e is None else (
+            e.leaves, e.se if math.isfinite(e.se) and e.leaves >= 2 else None)
     return out
 
 
@@ -134,7 +122,7 @@ def subtree(t: TreeView, start: str, *, depth: int, limit: int,
         if bp["pair"]:
             roles[bp["chosen"]] = "chosen"
             roles[bp["rejected"]] = "rejected"
-    ev = evidence(g, t.values) if ev is None else ev
+    ev = evidence(t) if ev is None else ev
     order: list[str] = []
     loaded: set[str] = set()
     base = nodes[start]["depth"]

@@ -41,8 +41,12 @@ def test_every_folder_with_python_code_is_a_mapped_subpackage():
 
 @pytest.mark.slow
 def test_the_wheel_holds_every_module_and_nothing_at_top_level(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
-                    str(tmp_path), str(REPO)], check=True)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w",
+                            str(tmp_path), str(REPO)], capture_output=True, text=True,
+                           check=False)
+    assert built.returncode == 0, built.stderr
+    # the build backend's own warnings (setuptools warned about `license = { text = ... }`)
+    assert "DeprecationWarning" not in built.stdout + built.stderr
     (wheel,) = tmp_path.glob("branchpoint-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     missing = source_modules() - names
@@ -51,6 +55,8 @@ def test_the_wheel_holds_every_module_and_nothing_at_top_level(tmp_path):
     assert {t for t in tops if not t.endswith(".dist-info")} == {"branchpoint"}
     assert "branchpoint/__init__.py" not in names  # a namespace, shared with plugins
     assert "branchpoint/store/schema.sql" in names or not (REPO / "store/schema.sql").exists()
+    static = {f"branchpoint/viewer/static/{p.name}" for p in (REPO / "viewer/static").iterdir()}
+    assert static <= names, f"viewer files missing from the wheel: {sorted(static - names)}"
 
 
 @pytest.mark.slow
@@ -71,3 +77,4 @@ def test_pip_install_in_a_fresh_venv_puts_only_branchpoint_on_the_path(tmp_path,
                           "print(e.__file__)"], capture_output=True, text=True, check=True,
                          cwd=tmp_path).stdout
     assert "errors.py" in out
+

@@ -71,6 +71,7 @@ __all__ = [
     "Message",
     "Outcome",
     "Reset",
+    "Split",
     "StepResult",
     "SubGoal",
     "ToolCall",

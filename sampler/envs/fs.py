@@ -20,7 +20,10 @@ root, ``a/b`` from the current folder; ``..`` stops at the root. Names use lette
 ``.``, ``_`` and ``-``. Errors start with ``error:``.
 
 Check: one sub-goal per file to move (``moved NAME``), ``renamed`` or ``edited``,
-``index``, and ``intact`` (no other file changed, no stray file), each of weight 1.
+``index``, and ``intact`` (no other file changed, no stray file), each of weight 1. Text
+the agent writes is compared as a person reads it: the index line by line, ignoring each
+line's surrounding whitespace and blank lines; the edited file ignoring whitespace at its
+end (a trailing newline more or less is the same edit).
 
 Backends with identical behaviour: ``backend="memory"`` (default; forks by snapshot) and
 ``backend="disk"``, a real directory in a :class:`~branchpoint.sampler.fork.Sandbox`
@@ -566,8 +569,9 @@ class FsEnv(ToolEnvironment):
             goals.append(SubGoal("renamed", 1.0, files.get(dest) == spec.files[spec.target]
                                  and spec.target not in files))
         else:
-            goals.append(SubGoal("edited", 1.0,
-                                 files.get(spec.target) == spec.expected[spec.target]))
+            edited = files.get(spec.target)
+            goals.append(SubGoal("edited", 1.0, edited is not None
+                                 and edited.rstrip() == spec.expected[spec.target].rstrip()))
         index = files.get((*spec.folder, "index.txt"))
         lines = [ln.strip() for ln in (index or "").splitlines() if ln.strip()]
         goals.append(SubGoal("index", 1.0, index is not None and lines == spec.names))

@@ -26,7 +26,13 @@ is its canonical hash). Sub-goals, with weights:
 - one per gold call (2 each), e.g. ``cancel order 1042``: the rows that call changes hold the
   expected values;
 - ``tell the customer: FACTS`` (2 per request): every fact (a status, an amount, a new item,
-  a reason such as ``30 days`` or ``out of stock``) appears in some ``respond`` message;
+  a reason such as ``30 days`` or ``out of stock``) is stated, in any form a person would
+  write it (:func:`.shop_reply.states_fact`: ``thirty days``, ``$36.50``), in a ``respond``
+  message sent after the customer and the order concerned were looked up; and no reply
+  claims what the database did not show when it was sent (:func:`.shop_reply.
+  contradictions`: an order called refunded or cancelled that was not). So replies stuffed
+  with the expected words, without the lookups, score no more than saying nothing, and a
+  correct refusal in other words meets the sub-goal;
 - ``database matches the expected one`` (2): same canonical hash;
 - ``end with done`` (0.5).
 
@@ -62,6 +68,7 @@ from branchpoint.sampler.envs.shop_data import (
     make_task,
     normalize_difficulty,
 )
+from branchpoint.sampler.envs.shop_reply import contradictions, states_fact
 from branchpoint.sampler.fork import SqliteSandbox
 
 if TYPE_CHECKING:
@@ -294,11 +301,20 @@ class _Session:
     customers_found: set[int] = field(default_factory=set)
     orders_seen: set[int] = field(default_factory=set)
     replies: list[str] = field(default_factory=list)
+    contexts: list[_ReplyContext] = field(default_factory=list)  # one per reply
     ended: bool = False
 
     def copy(self) -> _Session:
         return replace(self, customers_found=set(self.customers_found),
-                       orders_seen=set(self.orders_seen), replies=list(self.replies))
+                       orders_seen=set(self.orders_seen), replies=list(self.replies),
+                       contexts=list(self.contexts))
+
+
+@dataclass(frozen=True)
+class _ReplyContext:
+    customers_found: frozenset[int]
+    orders_seen: frozenset[int]
+    orders: dict[int, tuple[str, int]]  # order id -> (status, refund) at the reply
 
 
 @dataclass(frozen=True)
@@ -444,7 +460,13 @@ class ShopEnv(ToolEnvironment):
         if name == "get_product":
             return Outcome(api.get_product(arguments["product_id"]))
         if name == "respond":
-            self._session.replies.append(arguments["text"])
+            s = self._session
+            s.replies.append(arguments["text"])
+            # What the agent had looked up and what the database showed when it replied.
+            orders = {oid: (status, refund) for oid, status, refund in self.conn.execute(
+                "SELECT id, status, refund FROM orders")}
+            s.contexts.append(_ReplyContext(frozenset(s.customers_found),
+                                            frozenset(s.orders_seen), orders))
             return Outcome("sent")
         if name == "done":
             self._session.ended = True
@@ -500,12 +522,18 @@ class ShopEnv(ToolEnvironment):
                 expected |= rows
                 met = all(final.get(k) == gold.gold_rows.get(k) for k in rows)
                 goals.append(SubGoal(_describe(name, args), 2.0, met))
-        said = " ".join(session.replies).lower()
+        concerned = [r.order_id for r in spec.requests]
+        truthful = not any(contradictions(text, ctx.orders, concerned)
+                           for text, ctx in zip(session.replies, session.contexts, strict=True))
         for i, request in enumerate(spec.requests):
             facts = ", ".join(request.facts)
             label = f"tell the customer: {facts}" + (f" (request {i + 1})"
                                                      if len(spec.requests) > 1 else "")
-            goals.append(SubGoal(label, 2.0, all(f.lower() in said for f in request.facts)))
+            informed = "\n".join(
+                text for text, ctx in zip(session.replies, session.contexts, strict=True)
+                if spec.customer_id in ctx.customers_found and request.order_id in ctx.orders_seen)
+            told = all(states_fact(informed, f) for f in request.facts)
+            goals.append(SubGoal(label, 2.0, truthful and told))
         goals.append(SubGoal("database matches the expected one", 2.0,
                              canonical_hash(self.conn) == gold.gold_hash))
         goals.append(SubGoal("end with done", 0.5, session.ended))

@@ -164,3 +164,30 @@ def test_rows_from_matched_trees_are_not_reported_as_no_match(db, tmp_path: Path
     result = runner.invoke(app, ["export", "sft", "--db", db, "--tree", "a"])
     assert result.exit_code == 0
     assert "1 tree matched but gave no sft rows" in result.stderr
+
+
+def test_export_events_with_filters_ingests_into_another_store_as_the_same_trees(
+        db, tmp_path: Path):
+    dump = tmp_path / "fs.jsonl"
+    result = runner.invoke(app, ["export", "events", "--db", db, "--env", "fs",
+                                 "--out", str(dump)])
+    assert result.exit_code == 0, result.stderr
+    copy = str(tmp_path / "copy.db")
+    ingest = runner.invoke(app, ["ingest", str(dump), "--db", copy])
+    assert ingest.exit_code == 0, ingest.stderr
+    for fmt in ("steps", "stepwise"):
+        ours = runner.invoke(app, ["export", fmt, "--db", db, "--env", "fs"]).stdout_bytes
+        theirs = runner.invoke(app, ["export", fmt, "--db", copy]).stdout_bytes
+        assert ours == theirs and ours
+    assert exported(copy) == {"a", "c", "d"}
+    again = runner.invoke(app, ["export", "events", "--db", copy]).stdout_bytes
+    assert again == dump.read_bytes()
+
+
+@pytest.mark.parametrize("option", [["--margin", "0.2"], ["--value", "max"],
+                                    ["--tool-arguments", "string"], ["--with-metadata"],
+                                    ["--judge-weight", "0.5"]])
+def test_training_options_do_not_apply_to_the_events_export(db, option):
+    result = runner.invoke(app, ["export", "events", "--db", db, *option])
+    assert result.exit_code == 2
+    assert f"{option[0]} does not apply to events" in result.stderr

@@ -93,7 +93,8 @@ def test_batch_size_commits_the_chunks_before_the_bad_one(tmp_path: Path, db: st
     src = jsonl(tmp_path / "in.jsonl", [encode_event(e) for e in events])
     res = runner.invoke(app, ["ingest", str(src), "--db", db, "--batch-size", "2"])
     assert res.exit_code == 1
-    assert "line 5" in res.stderr and "earlier batches were" in res.stderr
+    assert "line 5" in res.stderr
+    assert "the 2 earlier batches were stored (4 events new, 0 already present)" in res.stderr
     assert stored(db) == ["t1-1", "t1-2", "t1-3", "t1-4"]
 
 
@@ -105,7 +106,7 @@ def test_batch_size_claims_no_earlier_batches_when_the_first_one_fails(
     res = runner.invoke(app, ["ingest", str(src), "--db", db, "--batch-size", "2"])
     assert res.exit_code == 1
     assert "line 2" in res.stderr and "nothing of this batch was stored" in res.stderr
-    assert "earlier batches" not in res.stderr
+    assert "earlier batch" not in res.stderr
     assert stored(db) == []
 
 
@@ -142,7 +143,8 @@ def test_batch_size_batches_span_several_chunks_and_stay_atomic(
     src = jsonl(tmp_path / "in.jsonl", [encode_event(e) for e in events])
     res = runner.invoke(app, ["ingest", str(src), "--db", db, "--batch-size", "5"])
     assert res.exit_code == 1
-    assert "line 8" in res.stderr and "earlier batches were" in res.stderr
+    assert "line 8" in res.stderr
+    assert "the 1 earlier batch was stored (5 events new, 0 already present)" in res.stderr
     assert stored(db) == [e.event_id for e in events[:5]]
     ok = jsonl(tmp_path / "ok.jsonl", [encode_event(e) for e in small_tree("t2")])
     res = runner.invoke(app, ["ingest", str(ok), "--db", db, "--batch-size", "4"])
@@ -190,3 +192,105 @@ def test_an_unreachable_database_exits_one(tmp_path: Path) -> None:
     assert res.exit_code == 1
     assert "error:" in res.stderr
 
+
+
+def test_a_folder_is_named_as_a_folder(tmp_path: Path, db: str) -> None:
+    res = runner.invoke(app, ["ingest", str(tmp_path), "--db", db])
+    assert res.exit_code == 2
+    assert f"{tmp_path} is a folder" in res.stderr and "no such file" not in res.stderr
+
+
+def test_a_byte_order_mark_at_the_start_is_skipped(tmp_path: Path, db: str) -> None:
+    events = small_tree()
+    src = jsonl(tmp_path / "in.jsonl", [encode_event(e) for e in events])
+    src.write_bytes(b"\xef\xbb\xbf" + src.read_bytes())
+    res = runner.invoke(app, ["ingest", str(src), "--db", db])
+    assert res.exit_code == 0, res.stderr
+    assert stored(db) == [e.event_id for e in events]
+
+
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"])
+@pytest.mark.parametrize("indent", [None, 2])
+def test_a_file_holding_one_json_array_is_one_batch(tmp_path: Path, db: str, bom: bytes,
+                                                    indent: int | None) -> None:
+    import json
+
+    events = small_tree("t1") + small_tree("t2")
+    as_json = [json.loads(encode_event(e)) for e in events]
+    src = tmp_path / "events.json"
+    src.write_bytes(bom + b"\n" + json.dumps(as_json, indent=indent).encode())
+    res = runner.invoke(app, ["ingest", str(src), "--db", db])
+    assert res.exit_code == 0, res.stderr
+    assert stored(db) == [e.event_id for e in events]
+    again = runner.invoke(app, ["ingest", str(src), "--db", db])
+    assert "stored 0 events, 16 already present" in again.stderr
+
+
+def test_an_array_is_atomic_and_a_bad_element_is_named_by_its_line(
+        tmp_path: Path, db: str) -> None:
+    import json
+
+    events = small_tree()
+    items = [json.loads(encode_event(e)) for e in events]
+    items[3]["payload"]["colour"] = "red"
+    src = tmp_path / "events.json"
+    src.write_text(json.dumps(items, indent=1))
+    starts = [i + 1 for i, text in enumerate(src.read_text().splitlines()) if text == " {"]
+    res = runner.invoke(app, ["ingest", str(src), "--db", db])
+    assert res.exit_code == 1
+    assert f"line {starts[3]}," in res.stderr and "payload.colour" in res.stderr
+    assert stored(db) == []
+
+
+def test_an_array_is_chunked_under_batch_size(tmp_path: Path, db: str) -> None:
+    import json
+
+    t = Tree()
+    events = [t.root(), t.node("a", "r"), t.node("b", "r"), t.score("ghost", 0.5)]
+    src = tmp_path / "events.json"
+    src.write_text(json.dumps([json.loads(encode_event(e)) for e in events]))
+    res = runner.invoke(app, ["ingest", str(src), "--db", db, "--batch-size", "2"])
+    assert res.exit_code == 1
+    assert "the 1 earlier batch was stored (2 events new, 0 already present)" in res.stderr
+    assert stored(db) == ["t1-1", "t1-2"]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[{"event_id": "x"', "malformed JSON array"),
+    ("[@1, @2] junk", "text after the closing ']'"),
+    ("[@1 @2]", "expected ',' or ']'"),
+])
+def test_a_malformed_array_stores_nothing_and_says_so(tmp_path: Path, db: str, text: str,
+                                                      message: str) -> None:
+    a, b = (encode_event(e).decode() for e in small_tree()[:2])
+    src = tmp_path / "events.json"
+    src.write_text(text.replace("@1", a).replace("@2", b))
+    res = runner.invoke(app, ["ingest", str(src), "--db", db])
+    assert res.exit_code == 1
+    assert message in res.stderr
+    assert stored(db) == []
+
+
+def test_a_line_nested_too_deep_exits_one_naming_the_line(tmp_path: Path, db: str) -> None:
+    good = [encode_event(e) for e in small_tree()]
+    deep = good[0].replace(b'"content":"list the files"',
+                           b'"content":' + b"[" * 2000 + b"]" * 2000)
+    src = jsonl(tmp_path / "in.jsonl", [*good[1:3], deep])
+    res = runner.invoke(app, ["ingest", str(src), "--db", db])
+    assert res.exit_code == 1
+    assert "line 3" in res.stderr and "nested deeper than 64 levels" in res.stderr
+    assert "RecursionError" not in res.stderr + res.stdout
+    assert stored(db) == []
+
+
+def test_an_array_element_nested_too_deep_is_refused_at_its_line(tmp_path: Path,
+                                                                  db: str) -> None:
+    good = [encode_event(e).decode() for e in small_tree()]
+    deep = good[2].replace('"node_id"', '"meta":{"x":' + "[" * 5000 + "]" * 5000
+                           + '},"node_id"', 1)
+    src = tmp_path / "events.json"
+    src.write_text("[\n" + ",\n".join([*good[:2], deep]) + "\n]")
+    res = runner.invoke(app, ["ingest", str(src), "--db", db])
+    assert res.exit_code == 1
+    assert "line 4" in res.stderr and "nested deeper than 64 levels" in res.stderr
+    assert stored(db) == []

@@ -44,12 +44,12 @@ def test_sample_grows_and_closes_one_tree_per_task_and_prints_a_summary(tmp_path
         result = runner.invoke(app, args(db, ep.base_url, "--run", "r1", "--option",
                                          "max_steps=5"))
         assert result.exit_code == 0, result.output
-        assert "trees: 2 (2 sampled" in result.output
-        assert "closed: done 2" in result.output
+        assert "trees: 2 in the run, 2 sampled here" in result.output
+        assert "closed here: done 2" in result.output
         again = runner.invoke(app, args(db, ep.base_url, "--run", "r1", "--option",
                                         "max_steps=5"))
     assert again.exit_code == 0, again.output
-    assert "2 already closed" in again.output
+    assert "0 sampled here (0 resumed), 2 finished before" in again.output
     assert sorted(tree_ids(db)) == sorted(f"r1/fs/{t}" for t in tasks_in_split("train", 2))
     sampled = [r for r in ep.requests if r["n"] == 2]  # not the tools probes (n=1)
     assert len(sampled) == 2  # the second run asked nothing

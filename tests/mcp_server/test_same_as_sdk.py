@@ -1,26 +1,24 @@
-"""What an MCP session records is what any other writer records for the same steps: the
-same tree shape, actions, observations, scores and pairs; only ids, origin and times
-differ.
+"""What an MCP session records is what the SDK records for the same steps: the same tree
+shape, actions, observations, scores and pairs; only ids, origin and times differ.
 
-The other writer here is the shared event builder (``branchpoint.store.builder``), the
-one every writer (the SDK included) goes through, driven directly with the session's
-steps."""
+Both write into one SQLite file: the MCP session through the in-process client, the SDK
+(``branchpoint.sdk.Recorder``) through its background pipeline and local sink."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from mcp import Client
 
 from branchpoint.mcp_server.server import build_server
-from branchpoint.mcp_server.service import Recorder
-from branchpoint.store.builder import TreeBuilder, make_task
+from branchpoint.mcp_server.service import McpRecorder
+from branchpoint.sdk import Recorder as SdkRecorder
 from branchpoint.store.events import ActionExecuted, Event, NodeCreated, ScoreAssigned
 from branchpoint.store.exports import ExportOptions, export_lines
-from branchpoint.store.log import EventLog, MemoryEventLog
+from branchpoint.store.log import TreeFilter, open_log
 from tests.mcp_server.scenario import (
     LS,
     LS_SEEN,
@@ -31,35 +29,33 @@ from tests.mcp_server.scenario import (
     USER,
     WRONG,
     WRONG_SEEN,
-    Call,
     caller,
     play,
 )
 
 
-@asynccontextmanager
-async def connect(log: EventLog) -> AsyncIterator[Call]:
-    async with Client(build_server(Recorder(log))) as client:
-        yield caller(client)
+def record_with_sdk(url: str, spool: Path) -> str:
+    """The session's steps through the SDK, as a production agent records them."""
+    rec = SdkRecorder(url, spool_dir=spool)
+    t = rec.trajectory([SYSTEM, USER], env="fs", task_id=7, tools=TOOLS,
+                       description=USER["content"])
+    ls = t.step(LS, LS_SEEN, done=False)
+    wrong = t.step(WRONG, WRONG_SEEN, done=True)
+    t.score(0.0, source="checker", node=wrong, detail={"rationale": "moved the wrong file"})
+    branch = t.fork(ls)
+    branch.step(RIGHT, RIGHT_SEEN, done=True)
+    branch.score(1.0, source="checker")
+    assert rec.flush(30), rec.stats()
+    assert rec.close(30)
+    stats = rec.stats()
+    assert stats.dead_lettered == stats.dropped == stats.errors == 0, stats
+    return t.tree_id
 
 
-async def record_with_builder(log: EventLog) -> str:
-    """The session's steps written straight through the builder, as the SDK writes."""
-    b = TreeBuilder("sdk-tree", writer="sdk")
-    b.root([SYSTEM, USER], make_task("fs", 7, description=USER["content"]), tools=TOOLS,
-           origin="sdk")
-    ls = b.step("root", LS, LS_SEEN, False)
-    wrong = b.step(ls, WRONG, WRONG_SEEN, True)
-    b.score(wrong, 0.0, source="checker", detail={"rationale": "moved the wrong file"})
-    right = b.step(ls, RIGHT, RIGHT_SEEN, True)
-    b.score(right, 1.0, source="checker")
-    await log.append(b.take())
-    return "sdk-tree"
-
-
-def shape(events: list[Event]) -> list[tuple[Any, ...]]:
-    """A tree with ids replaced by creation order: per node, its parent's index, action,
-    observation, done and scores; plus the root's messages, task and tools."""
+def shape(events: Sequence[Event]) -> list[tuple[str, ...]]:
+    """A tree with ids replaced by creation order: per node, its parent's index, what it
+    holds (the root's messages, task and tools; a step's action), its observation and
+    done, and its scores with source and detail."""
     index: dict[str, int] = {}
     rows: dict[int, list[Any]] = {}
     for ev in events:
@@ -67,8 +63,8 @@ def shape(events: list[Event]) -> list[tuple[Any, ...]]:
         if isinstance(p, NodeCreated):
             index[p.node_id] = len(index)
             parent = None if p.parent_id is None else index[p.parent_id]
-            head = ((p.messages, p.task, p.tools) if p.parent_id is None else p.action)
-            rows[index[p.node_id]] = [parent, head, None, None, []]
+            held = (p.messages, p.task, p.tools) if p.parent_id is None else p.action
+            rows[index[p.node_id]] = [parent, held, None, None, []]
         elif isinstance(p, ActionExecuted):
             rows[index[p.node_id]][2:4] = [p.observation, p.done]
         elif isinstance(p, ScoreAssigned):
@@ -76,21 +72,35 @@ def shape(events: list[Event]) -> list[tuple[Any, ...]]:
     return [tuple(json.dumps(x, sort_keys=True) for x in rows[i]) for i in sorted(rows)]
 
 
-async def test_an_mcp_session_records_what_the_builder_records_for_the_same_steps() -> None:
-    log = MemoryEventLog()
-    async with connect(log) as call:
-        mcp_tree = (await play(call, export=False))["tree_id"]
-    sdk_tree = await record_with_builder(log)
-    mcp_events, sdk_events = await log.read_tree(mcp_tree), await log.read_tree(sdk_tree)
-    assert shape(mcp_events) == shape(sdk_events)
-    assert len(shape(mcp_events)) == 4  # root, ls, wrong, right
-    assert mcp_events[0].payload.origin == "mcp" and sdk_events[0].payload.origin == "sdk"
+async def test_an_mcp_session_records_what_the_sdk_records_for_the_same_steps(
+        tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'both.db'}"
+    log = await open_log(url)
+    try:
+        async with Client(build_server(McpRecorder(log))) as client:
+            mcp_tree = (await play(caller(client), export=False))["tree_id"]
+        sdk_tree = record_with_sdk(url, tmp_path / "spool")
+        mcp_events, sdk_events = await log.read_tree(mcp_tree), await log.read_tree(sdk_tree)
+        assert shape(mcp_events) == shape(sdk_events)
+        assert len(shape(mcp_events)) == 4  # root, ls, wrong, right
+        assert mcp_events[0].payload.origin == "mcp"
+        assert sdk_events[0].payload.origin == "sdk"
 
-    # pairs: the two trees export the same DPO row, byte for byte
-    dpo = [line async for line in export_lines(log, "dpo", ExportOptions())]
-    assert len(dpo) == 2 and dpo[0] == dpo[1]
-    # steps: the same rows once the ids are left out
-    steps = [json.loads(line) async for line in export_lines(log, "steps", ExportOptions())]
-    ids = ("tree_id", "node_id", "parent_id")
-    bare = [{k: v for k, v in row.items() if k not in ids} for row in steps]
-    assert bare[:3] == bare[3:] and len(bare) == 6
+        async def rows(fmt: str, tree: str) -> list[bytes]:
+            options = ExportOptions(where=TreeFilter(tree_id=tree))
+            return [line async for line in export_lines(log, fmt, options)]
+
+        # pairs: the two trees export the same DPO row, byte for byte
+        dpo = await rows("dpo", mcp_tree)
+        assert len(dpo) == 1 and dpo == await rows("dpo", sdk_tree)
+        # steps: the same rows once the ids are left out
+        ids = ("tree_id", "node_id", "parent_id")
+
+        async def bare(tree: str) -> list[dict[str, Any]]:
+            return [{k: v for k, v in json.loads(line).items() if k not in ids}
+                    for line in await rows("steps", tree)]
+
+        assert await bare(mcp_tree) == await bare(sdk_tree)
+        assert len(await bare(mcp_tree)) == 3
+    finally:
+        await log.close()

@@ -15,7 +15,8 @@ import pytest
 from mcp import Client, MCPError
 
 from branchpoint.mcp_server.server import TREE_TEMPLATE, build_server
-from branchpoint.mcp_server.service import Recorder, tree_uri
+from branchpoint.mcp_server.service import McpRecorder, tree_uri
+from branchpoint.store.errors import ConflictingEvent, InvalidEvent
 from branchpoint.store.events import Event, ScoreAssigned
 from branchpoint.store.exports import ExportOptions, export_lines
 from branchpoint.store.log import EventLog, MemoryEventLog, TreeFilter, open_log
@@ -25,6 +26,7 @@ from tests.mcp_server.scenario import (
     SYSTEM,
     USER,
     WRONG,
+    WRONG_SEEN,
     Call,
     caller,
     check_pair,
@@ -53,12 +55,12 @@ def export_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def recorder(log: EventLog, export_dir: Path) -> Recorder:
-    return Recorder(log, export_dir=export_dir)
+def recorder(log: EventLog, export_dir: Path) -> McpRecorder:
+    return McpRecorder(log, export_dir=export_dir)
 
 
 @asynccontextmanager
-async def connect(recorder: Recorder) -> AsyncIterator[tuple[Client, Call]]:
+async def connect(recorder: McpRecorder) -> AsyncIterator[tuple[Client, Call]]:
     """The SDK's client on an in-memory connection to a server over ``recorder``.
     (Not a fixture: the client's task group must be entered and left in one task.)"""
     async with Client(build_server(recorder)) as client:
@@ -95,7 +97,7 @@ async def started(call: Call) -> tuple[str, str]:
 
 
 async def test_a_session_with_a_fork_and_scores_exports_the_pair_the_fork_made(
-        recorder: Recorder, log: EventLog) -> None:
+        recorder: McpRecorder, log: EventLog) -> None:
     async with connect(recorder) as (_client, call):
         session = await play(call)
         check_pair(session)
@@ -109,7 +111,7 @@ async def test_a_session_with_a_fork_and_scores_exports_the_pair_the_fork_made(
 
 
 async def test_the_root_records_task_tools_and_origin_as_given(
-        recorder: Recorder, log: EventLog) -> None:
+        recorder: McpRecorder, log: EventLog) -> None:
     async with connect(recorder) as (_client, call):
         session = await play(call)
         root = (await log.read_tree(session["tree_id"]))[0].payload
@@ -121,7 +123,7 @@ async def test_the_root_records_task_tools_and_origin_as_given(
 
 
 async def test_a_description_alone_opens_the_task_as_a_user_message(
-        recorder: Recorder, log: EventLog) -> None:
+        recorder: McpRecorder, log: EventLog) -> None:
     async with connect(recorder) as (_client, call):
         a = await call("start_trajectory", {"description": "Rename report.txt"})
         b = await call("start_trajectory", {"description": "Rename report.txt"})
@@ -133,7 +135,7 @@ async def test_a_description_alone_opens_the_task_as_a_user_message(
 
 
 async def test_plain_text_observation_answers_the_one_tool_call_even_without_an_id(
-        recorder: Recorder, log: EventLog) -> None:
+        recorder: McpRecorder, log: EventLog) -> None:
     async with connect(recorder) as (_client, call):
         start = await call("start_trajectory", {"description": "list files"})
         step = await call("record_step", {
@@ -152,7 +154,7 @@ async def test_plain_text_observation_answers_the_one_tool_call_even_without_an_
 
 
 async def test_a_text_reply_with_text_observation_is_a_user_message(
-        recorder: Recorder, log: EventLog) -> None:
+        recorder: McpRecorder, log: EventLog) -> None:
     async with connect(recorder) as (_client, call):
         start = await call("start_trajectory", {"description": "chat"})
         await call("record_step", {"tree_id": start["tree_id"], "parent_node_id": "root",
@@ -163,7 +165,7 @@ async def test_a_text_reply_with_text_observation_is_a_user_message(
 
 
 async def test_fork_returns_the_conversation_at_the_node_and_stores_nothing(
-        recorder: Recorder, log: EventLog) -> None:
+        recorder: McpRecorder, log: EventLog) -> None:
     async with connect(recorder) as (_client, call):
         tree, node = await started(call)
         before = await stored(log)
@@ -176,7 +178,8 @@ async def test_fork_returns_the_conversation_at_the_node_and_stores_nothing(
         assert await stored(log) == before
 
 
-async def test_score_keeps_source_rationale_and_detail(recorder: Recorder, log: EventLog) -> None:
+async def test_score_keeps_source_rationale_and_detail(recorder: McpRecorder,
+                                                       log: EventLog) -> None:
     async with connect(recorder) as (_client, call):
         tree, node = await started(call)
         result = await call("score", {"tree_id": tree, "node_id": node, "value": 0.25,
@@ -190,7 +193,7 @@ async def test_score_keeps_source_rationale_and_detail(recorder: Recorder, log: 
         assert again["node_value"] == 0.75
 
 
-async def test_get_tree_shows_branching_points_values_and_the_path(recorder: Recorder) -> None:
+async def test_get_tree_shows_branching_points_values_and_the_path(recorder: McpRecorder) -> None:
     async with connect(recorder) as (_client, call):
         session = await play(call)
         tree = await call("get_tree", {"tree_id": session["tree_id"]})
@@ -207,10 +210,16 @@ async def test_get_tree_shows_branching_points_values_and_the_path(recorder: Rec
         short = await call("get_tree", {"tree_id": session["tree_id"], "node_id": wrong,
                                         "text_limit": 20})
         assert short["path"] == ["root", ls, wrong]
+        assert not short["nodes_truncated"]
+        few = await call("get_tree", {"tree_id": session["tree_id"], "node_id": wrong,
+                                      "max_nodes": 3})
+        assert [n["node_id"] for n in few["nodes"]] == ["root", ls, wrong]
+        assert few["nodes_truncated"] and few["node_count"] == 4
+        assert few["branching_points"] == tree["branching_points"]
         assert all(len(n["observation"] or "") <= 20 for n in short["nodes"])
 
 
-async def test_list_trees_filters_and_truncates(recorder: Recorder) -> None:
+async def test_list_trees_filters_and_truncates(recorder: McpRecorder) -> None:
     async with connect(recorder) as (_client, call):
         for env in ("fs", "fs", "shop"):
             await call("start_trajectory", {"description": f"a {env} task", "env": env})
@@ -223,7 +232,7 @@ async def test_list_trees_filters_and_truncates(recorder: Recorder) -> None:
         assert (await call("list_trees", {"finished": True}))["total"] == 0
 
 
-async def test_export_and_list_trees_take_the_store_tree_filters(recorder: Recorder,
+async def test_export_and_list_trees_take_the_store_tree_filters(recorder: McpRecorder,
                                                                    log: EventLog) -> None:
     async with connect(recorder) as (client, call):
         first = await play(call, export=False)
@@ -248,7 +257,7 @@ async def test_export_and_list_trees_take_the_store_tree_filters(recorder: Recor
 
 
 async def test_tools_offer_typed_schemas_structured_outputs_and_descriptions(
-        recorder: Recorder) -> None:
+        recorder: McpRecorder) -> None:
     async with connect(recorder) as (client, _call):
         tools = {t.name: t for t in (await client.list_tools()).tools}
         assert set(tools) == TOOL_NAMES
@@ -268,7 +277,7 @@ async def test_tools_offer_typed_schemas_structured_outputs_and_descriptions(
 
 
 async def test_unknown_trees_and_nodes_are_named_in_the_error(
-        recorder: Recorder, log: EventLog) -> None:
+        recorder: McpRecorder, log: EventLog) -> None:
     async with connect(recorder) as (client, call):
         tree, node = await started(call)
         step = {"action": LS, "observation": LS_SEEN}
@@ -285,7 +294,7 @@ async def test_unknown_trees_and_nodes_are_named_in_the_error(
 
 @pytest.mark.parametrize("value", [1.5, -0.1, "high"])
 async def test_a_score_outside_0_1_is_refused(
-        recorder: Recorder, log: EventLog, value: Any) -> None:
+        recorder: McpRecorder, log: EventLog, value: Any) -> None:
     async with connect(recorder) as (client, call):
         tree, node = await started(call)
         await refused(client, log, "score", {"tree_id": tree, "node_id": node, "value": value},
@@ -293,7 +302,7 @@ async def test_a_score_outside_0_1_is_refused(
 
 
 async def test_malformed_messages_are_refused_naming_the_field(
-        recorder: Recorder, log: EventLog) -> None:
+        recorder: McpRecorder, log: EventLog) -> None:
     async with connect(recorder) as (client, call):
         tree, node = await started(call)
         await refused(client, log, "start_trajectory",
@@ -319,7 +328,7 @@ async def test_malformed_messages_are_refused_naming_the_field(
 
 
 async def test_no_step_follows_a_step_that_ended_the_episode(
-        recorder: Recorder, log: EventLog) -> None:
+        recorder: McpRecorder, log: EventLog) -> None:
     async with connect(recorder) as (client, call):
         session = await play(call)
         wrong = session["wrong"]["node_id"]
@@ -334,7 +343,7 @@ async def test_no_step_follows_a_step_that_ended_the_episode(
 
 
 async def test_export_writes_only_under_the_export_dir(
-        recorder: Recorder, log: EventLog, export_dir: Path, tmp_path: Path) -> None:
+        recorder: McpRecorder, log: EventLog, export_dir: Path, tmp_path: Path) -> None:
     async with connect(recorder) as (client, call):
         await play(call)
         result = await call("export", {"format": "steps", "path": "runs/steps.jsonl"})
@@ -350,6 +359,8 @@ async def test_export_writes_only_under_the_export_dir(
         await refused(client, log, "export", {"path": "link/outside.jsonl"}, "outside the export")
         await refused(client, log, "export", {"path": "runs"}, "is a folder")
         await refused(client, log, "export", {"path": "runs/steps.jsonl"}, "overwrite")
+        await refused(client, log, "export", {"path": "runs/steps.jsonl/x.jsonl"},
+                      "could not write the export")
         assert not outside.exists()
         assert sorted(p.name for p in tmp_path.iterdir()) == ["exports", *(
             ["mcp.db", "mcp.db-shm", "mcp.db-wal"] if not isinstance(log, MemoryEventLog)
@@ -359,29 +370,29 @@ async def test_export_writes_only_under_the_export_dir(
 
 
 async def test_export_to_a_file_is_refused_without_an_export_dir(log: EventLog) -> None:
-    async with Client(build_server(Recorder(log))) as client:
+    async with Client(build_server(McpRecorder(log))) as client:
         await refused(client, log, "export", {"path": "x.jsonl"}, "--export-dir")
 
 
 async def test_an_export_over_the_inline_limit_says_to_write_a_file(
         log: EventLog, export_dir: Path) -> None:
-    async with connect(Recorder(log)) as (_client, call):
+    async with connect(McpRecorder(log)) as (_client, call):
         await play(call, export=False)
     size = len(b"".join([x async for x in export_lines(log, "steps", ExportOptions())]))
-    async with connect(Recorder(log, export_dir=export_dir, inline_limit=size)) as (_, call):
+    async with connect(McpRecorder(log, export_dir=export_dir, inline_limit=size)) as (_, call):
         assert (await call("export", {"format": "steps"}))["bytes"] == size
-    small = Recorder(log, export_dir=export_dir, inline_limit=size - 1)
+    small = McpRecorder(log, export_dir=export_dir, inline_limit=size - 1)
     async with connect(small) as (client, _call):
         text = await refused(client, log, "export", {"format": "steps"},
                              f"inline limit of {size - 1:,}", "path=")
         assert "--export-dir" not in text
         tools = {t.name: t for t in (await client.list_tools()).tools}
         assert f"{size - 1:,} bytes" in (tools["export"].description or "")
-    async with connect(Recorder(log, inline_limit=size - 1)) as (client, _call):
+    async with connect(McpRecorder(log, inline_limit=size - 1)) as (client, _call):
         await refused(client, log, "export", {"format": "steps"}, "--export-dir")
 
 
-async def test_export_text_content_is_the_rows_themselves(recorder: Recorder) -> None:
+async def test_export_text_content_is_the_rows_themselves(recorder: McpRecorder) -> None:
     async with connect(recorder) as (client, call):
         await play(call)
         result = await client.call_tool("export", {"format": "dpo"})
@@ -393,7 +404,7 @@ async def test_export_text_content_is_the_rows_themselves(recorder: Recorder) ->
 
 async def test_trees_are_resources_with_percent_encoded_ids(log: EventLog) -> None:
     ids = iter(["team/a b/1"])
-    recorder = Recorder(log, new_tree_id=lambda: next(ids))
+    recorder = McpRecorder(log, new_tree_id=lambda: next(ids))
     async with Client(build_server(recorder)) as client:
         call = caller(client)
         tree, node = await started(call)
@@ -420,6 +431,7 @@ class _Barrier:
     def __init__(self, log: EventLog, n: int) -> None:
         self._log, self._n, self._count = log, n, 0
         self._all = asyncio.Event()
+        self.refused = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._log, name)
@@ -433,21 +445,53 @@ class _Barrier:
         return events
 
     async def append(self, events: Sequence[Event], **kw: Any) -> Any:
-        return await self._log.append(events, **kw)
+        try:
+            return await self._log.append(events, **kw)
+        except ConflictingEvent:
+            self.refused += 1
+            raise
 
 
 async def test_two_writers_racing_on_one_tree_both_get_their_step_stored(
         log: EventLog) -> None:
-    setup = Recorder(log)
+    setup = McpRecorder(log)
     tree = (await setup.start_trajectory(messages=[SYSTEM, USER])).tree_id
     node = (await setup.record_step(tree_id=tree, parent_node_id="root", action=LS,
                                     observation=LS_SEEN, done=False)).node_id
     barrier = _Barrier(log, 2)
-    a, b = Recorder(barrier), Recorder(barrier)  # type: ignore[arg-type]
+    a, b = McpRecorder(barrier), McpRecorder(barrier)  # type: ignore[arg-type]
     steps = await asyncio.gather(*(
         r.record_step(tree_id=tree, parent_node_id=node, action=WRONG,
                       observation=[{"role": "tool", "tool_call_id": "c2", "content": who}],
                       done=False) for r, who in ((a, "a"), (b, "b"))))
     assert len({s.node_id for s in steps}) == 2
+    assert barrier.refused == 1  # the race happened: one writer's ids were taken, it retried
     runs = [ev.payload for ev in await log.read_tree(tree) if ev.type == "action_executed"]
     assert sorted(r.observation[0]["content"] for r in runs[1:]) == ["a", "b"]
+
+
+async def test_a_recorder_sees_steps_another_process_added_since_its_last_call(
+        log: EventLog) -> None:
+    a, b = McpRecorder(log), McpRecorder(log)  # two server processes on one store
+    tree = (await a.start_trajectory(messages=[SYSTEM, USER])).tree_id
+    first = await a.record_step(tree_id=tree, parent_node_id="root", action=LS,
+                                observation=LS_SEEN, done=False)
+    second = await b.record_step(tree_id=tree, parent_node_id=first.node_id, action=WRONG,
+                                 observation=WRONG_SEEN, done=False)
+    third = await a.record_step(tree_id=tree, parent_node_id=second.node_id, action=LS,
+                                observation=LS_SEEN, done=False)
+    assert [first.node_id, second.node_id, third.node_id] == ["mcp.0", "mcp.1", "mcp.2"]
+    assert (await a.fork(tree_id=tree, node_id=third.node_id)).depth == 3
+
+
+async def test_a_refused_step_leaves_no_trace_in_the_next_one(log: EventLog) -> None:
+    r = McpRecorder(log)
+    tree = (await r.start_trajectory(messages=[SYSTEM, USER])).tree_id
+    with pytest.raises(InvalidEvent):  # the store refuses it after the builder minted it
+        await r.record_step(tree_id=tree, parent_node_id="root", action=LS,
+                            observation=[{"role": "tool", "content": "no id"}], done=False)
+    step = await r.record_step(tree_id=tree, parent_node_id="root", action=LS,
+                               observation=LS_SEEN, done=False)
+    assert step.node_id == "mcp.0" and step.siblings == []
+    assert [ev.event_id for ev in await log.read_tree(tree)] == [
+        f"{tree}/root", f"{tree}/mcp.0", f"{tree}/mcp.0/run"]

@@ -111,8 +111,10 @@ def test_branchpoint_mcp_with_a_bad_store_fails_on_stderr_and_leaves_stdout_empt
     assert result.exit_code == 1
     assert result.stdout == ""
     assert "mysql" in result.stderr
-    missing = CliRunner().invoke(app, ["mcp", "--export-dir", str(tmp_path / "none")])
-    assert missing.exit_code == 2 and missing.stdout == ""
+    for command in ("mcp", "serve"):
+        missing = CliRunner().invoke(app, [command, "--export-dir", str(tmp_path / "none")])
+        assert missing.exit_code == 2 and missing.stdout == ""
+        assert "--export-dir" in missing.stderr
 
 
 # --- Streamable HTTP -----------------------------------------------------------------------
@@ -138,13 +140,17 @@ async def serving(app: Any) -> AsyncIterator[str]:
 
 
 @pytest.mark.parametrize("stateless", [False, True], ids=["sessions", "stateless"])
+@pytest.mark.parametrize("mode", ["legacy", "auto"], ids=["handshake", "modern"])
 async def test_streamable_http_on_a_real_port_records_a_session_and_exports_its_pair(
-        tmp_path: Path, stateless: bool) -> None:
+        tmp_path: Path, stateless: bool, mode: str) -> None:
+    """Both protocol eras: ``legacy`` opens with the initialize handshake (and, on a
+    stateful server, a session id), ``auto`` discovers the 2026 protocol (no sessions)."""
     db = f"sqlite:///{tmp_path / 'http.db'}"
     log = await open_log(db)
     mcp = McpHttp(log, stateless=stateless)
     try:
-        async with serving(mcp.standalone()) as base, Client(f"{base}/mcp") as client:
+        async with serving(mcp.standalone()) as base, \
+                Client(f"{base}/mcp", mode=mode) as client:
             session = await asyncio.wait_for(play(caller(client)), BOUND)
     finally:
         await log.close()
@@ -165,59 +171,77 @@ async def test_http_refuses_a_foreign_host_header_when_it_checks_hosts(tmp_path:
     assert await log.list_trees() == []
 
 
-async def test_the_mount_for_serve_works_inside_a_litestar_app_behind_its_token(
-        tmp_path: Path) -> None:
-    """``mcp_mount`` as ``branchpoint serve`` mounts it: a Litestar ``asgi`` mount at
-    ``/mcp`` (prefix stripped, scope copied), the log opened at start-up into
-    ``app.state.log``, a bearer-token middleware in front, several workers (stateless)."""
-    from dataclasses import dataclass
+@pytest.mark.parametrize("stateless", [False, True], ids=["one-worker", "workers"])
+async def test_branchpoint_serve_mounts_mcp_at_slash_mcp_behind_its_token(
+        tmp_path: Path, stateless: bool) -> None:
+    """The app ``branchpoint serve`` runs (``build_app``: API, viewer, the MCP mount), on a
+    real port with a token: the SDK's HTTP client plays the session through ``/mcp``."""
+    from branchpoint.cli.app import ServeConfig, build_app
 
-    from litestar import Litestar
-    from litestar.handlers import asgi
-    from starlette.types import Receive, Scope, Send
-
-    from branchpoint.mcp_server.http import mcp_mount
-
-    @dataclass(frozen=True)
-    class Config:
-        token: str | None = "s3cret"
-        stateless: bool = True
-        export_dir: str | None = str(tmp_path)
-
-    mounted = mcp_mount(Config())
     db = f"sqlite:///{tmp_path / 'serve.db'}"
-
-    async def forward(scope: Scope, receive: Receive, send: Send) -> None:
-        await mounted(scope, receive, send)
-
-    def guard(app: Any) -> Any:
-        async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] == "http" and dict(scope["headers"]).get(
-                    b"authorization") != b"Bearer s3cret":
-                await send({"type": "http.response.start", "status": 401, "headers": []})
-                await send({"type": "http.response.body", "body": b""})
-                return
-            await app(scope, receive, send)
-        return guarded
-
-    async def open_store(app: Litestar) -> None:
-        app.state.log = await open_log(db)
-
-    async def close_store(app: Litestar) -> None:
-        await mounted.aclose()
-        await app.state.log.close()
-
-    app = Litestar([asgi("/mcp", is_mount=True, copy_scope=True)(forward)],
-                   on_startup=[open_store], on_shutdown=[close_store], middleware=[guard])
-    async with serving(app) as base:
+    config = ServeConfig(token="s3cret", stateless=stateless, export_dir=str(tmp_path))
+    async with serving(build_app(db, config)) as base:
         async with httpx2.AsyncClient() as http:
             denied = await http.post(f"{base}/mcp", json={})
             assert denied.status_code == 401
         auth = httpx2.AsyncClient(headers={"authorization": "Bearer s3cret"})
-        async with auth, Client(streamable_http_client(f"{base}/mcp",
-                                                       http_client=auth)) as client:
-            session = await asyncio.wait_for(play(caller(client)), BOUND)
-            written = await caller(client)("export", {"format": "dpo", "path": "p.jsonl"})
+        # one worker keeps sessions: the handshake-era client carries the session id
+        # through the mount; behind workers, the 2026 protocol needs none
+        mode = "auto" if stateless else "legacy"
+        async with auth, Client(streamable_http_client(f"{base}/mcp", http_client=auth),
+                                mode=mode) as client:
+            call = caller(client)
+            session = await asyncio.wait_for(play(call), BOUND)
+            written = await call("export", {"format": "dpo", "path": "p.jsonl"})
+            outside = await client.call_tool("export", {"path": "../p.jsonl"})
+            assert outside.is_error
+        # the API of the same server sees what the MCP session recorded
+        async with httpx2.AsyncClient(headers={"authorization": "Bearer s3cret"}) as http:
+            listed = await http.get(f"{base}/v1/trees")
+            assert session["tree_id"] in listed.text
     check_pair(session)
+    assert (tmp_path / "p.jsonl").read_text() == session["export"]["jsonl"]
     assert written["path"] == str(tmp_path / "p.jsonl")
+    assert await _tree_ids(db) == [session["tree_id"]]
+
+
+@pytest.mark.slow
+async def test_branchpoint_serve_with_two_workers_serves_mcp_statelessly(
+        tmp_path: Path) -> None:
+    """The real command, two uvicorn worker processes on one SQLite file: the requests of
+    one MCP session may land on either worker (there is no session to carry), and the
+    fork's pair is in the export."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    db = f"sqlite:///{tmp_path / 'workers.db'}"
+    proc = await asyncio.create_subprocess_exec(
+        BRANCHPOINT, "serve", "--db", db, "--port", str(port), "--token", "s3cret",
+        "--workers", "2", "--export-dir", str(tmp_path), "--log-level", "info",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    assert proc.stderr is not None
+    try:
+        started = 0
+        while started < 2:  # each worker logs this once its app has started
+            line = await asyncio.wait_for(proc.stderr.readline(), BOUND)
+            assert line, "serve exited before its workers started"
+            started += b"Application startup complete" in line
+        drain = asyncio.create_task(proc.stderr.read())  # keep the pipe from filling
+        # a new connection per request, so that requests are spread over the workers
+        auth = httpx2.AsyncClient(headers={"authorization": "Bearer s3cret"},
+                                  limits=httpx2.Limits(max_keepalive_connections=0))
+        # mode="legacy": the initialize handshake, after which a stateful server would
+        # expect the session id it minted on whichever worker answered
+        async with auth, Client(streamable_http_client(f"http://127.0.0.1:{port}/mcp",
+                                                       http_client=auth),
+                                mode="legacy") as client:
+            call = caller(client)
+            session = await asyncio.wait_for(play(call), BOUND)
+            await call("export", {"format": "dpo", "path": "pairs.jsonl"})
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), BOUND)
+    await drain
+    check_pair(session)
+    assert (tmp_path / "pairs.jsonl").read_text() == session["export"]["jsonl"]
     assert await _tree_ids(db) == [session["tree_id"]]

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import shlex
 
+import pytest
+import typer
 from typer.testing import CliRunner
 
 from branchpoint.cli.main import app
 from branchpoint.sampler.demo import DemoConfig, grow_tree, run_demo
-from branchpoint.store.exports import ExportOptions, compute_stats, export_lines
+from branchpoint.store.exports import ExportOptions, TreeView, compute_stats, export_lines
 from branchpoint.store.log import MemoryEventLog, open_log
 from branchpoint.store.tree import fold
+from tests.store.builders import sequenced
 
 
 def test_a_demo_tree_branches_at_forks_and_scores_every_leaf():
@@ -107,3 +111,77 @@ def test_the_demo_holds_no_more_forks_than_it_branches_from(monkeypatch):
     grow_tree("fs", 2, DemoConfig(mistakes=0.3, branch_points=2, branches=2))
     assert not live, "a fork was left open"
     assert most <= 2 + 1  # the kept branch points, plus the branch being played
+
+
+def test_every_expert_step_records_its_ground_truth():
+    events, _ = grow_tree("fs", 3, DemoConfig(mistakes=0.4, branch_points=2, branches=3))
+    steps = [e.payload for e in events
+             if e.type == "node_created" and e.payload.parent_id is not None]
+    assert steps
+    for p in steps:
+        assert {"policy", "mistakes", "seed", "mistake"} <= set(p.produced_by)
+        assert p.produced_by["policy"] == "expert"
+        assert isinstance(p.produced_by["mistake"], bool)
+    assert any(p.produced_by["mistake"] for p in steps)
+    assert not all(p.produced_by["mistake"] for p in steps)
+
+
+def test_an_expert_without_mistakes_never_labels_a_step_a_mistake():
+    events, _ = grow_tree("shop", 3, DemoConfig(mistakes=0.0, branch_points=2, branches=2))
+    assert not any(e.payload.produced_by["mistake"] for e in events
+                   if e.type == "node_created" and e.payload.parent_id is not None)
+
+
+def test_each_candidate_is_continued_rollouts_times():
+    config = DemoConfig(mistakes=0.3, branch_points=1, branches=2, rollouts=4)
+    events, scores = grow_tree("fs", 4, config)
+    assert len(scores) == 1 + 2 * 4  # the main line, then 2 candidates x 4 rollouts
+    view = TreeView("demo/fs/4", sequenced(events), ExportOptions())
+    fork_point = next(n for n in view.graph if view.graph.out_degree(n) >= 2)
+    below = sum(view.estimates[c].leaves for c in view.graph.successors(fork_point)
+                if c in view.estimates)
+    # identical rollouts end in one leaf; the counts still weigh every draw
+    assert 2 <= below <= 1 + 2 * 4
+
+
+def test_identical_draws_are_one_node_that_counts_them():
+    config = DemoConfig(mistakes=0.0, branch_points=1, branches=3, rollouts=2)
+    events, _ = grow_tree("shop", 6, config)
+    counts = [e.payload.produced_by.get("count", 1) for e in events
+              if e.type == "node_created" and e.payload.parent_id is not None]
+    # without mistakes every draw is the main line's step: all merge into it
+    assert max(counts) >= 4
+
+
+def test_rollouts_must_be_positive():
+    with pytest.raises(ValueError, match="rollouts"):
+        DemoConfig(rollouts=0)
+
+
+def test_the_demo_prints_the_export_command_that_reproduces_its_file(tmp_path):
+    result = CliRunner().invoke(app, ["demo", "--policy", "expert", "--tasks", "3",
+                                      "--out", str(tmp_path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "pair precision" in result.output
+    command = next(line.strip() for line in result.output.splitlines()
+                   if line.strip().startswith("branchpoint export dpo"))
+    words = shlex.split(command)
+    again = tmp_path / "again.jsonl"
+    words[words.index("--out") + 1] = str(again)
+    rerun = CliRunner().invoke(app, words[1:])
+    assert rerun.exit_code == 0, rerun.output
+    assert again.read_bytes() == (tmp_path / "dpo.jsonl").read_bytes()
+    assert again.read_bytes()
+
+
+def test_the_demo_cli_defaults_are_the_demo_configs():
+    import inspect
+
+    from branchpoint.cli.demo import register
+
+    probe = typer.Typer()
+    register(probe)
+    sig = inspect.signature(probe.registered_commands[0].callback)
+    config = DemoConfig()
+    for name in ("tasks", "mistakes", "branch_points", "branches", "rollouts"):
+        assert sig.parameters[name].default == getattr(config, name), name

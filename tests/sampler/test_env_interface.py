@@ -157,8 +157,8 @@ def test_only_reset_step_and_check_are_required():
 @pytest.mark.parametrize("name", [IMPORT_PATH, ENTRY_POINT])
 def test_the_demo_on_a_user_environment_runs_twice_and_skips_stored_trees(userpkg, tmp_path,
                                                                          name):
-    args = ["demo", "--policy", "expert", "--env", name, "--tasks", "3", "--branch-points", "1",
-            "--branches", "2", "--out", str(tmp_path), "--quiet"]
+    args = ["demo", "--policy", "expert", "--env", name, "--tasks", "3",
+            "--branch-points", "1", "--branches", "2", "--out", str(tmp_path), "--quiet"]
     first = CliRunner().invoke(app, args)
     assert first.exit_code == 0, first.output
     assert "recorded 3 trees" in first.output

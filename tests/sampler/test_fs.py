@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from branchpoint.sampler.envs.fs import DIFFICULTIES, FsEnv, make_task
+from branchpoint.sampler.envs.fs import DIFFICULTIES, FsEnv, make_task, show
 from tests.sampler.actions import realize, specs
 
 SETTINGS = settings(max_examples=40, deadline=None,
@@ -222,6 +225,39 @@ def test_deep_paths_get_the_same_answer_on_both_backends():
     assert seen[31] == "ok" or not seen[31].startswith("error")
     assert seen[32] == "error: path too deep: at most 32 folders"
     assert seen[-3].startswith("error: path too deep")
+
+
+def _play_editing(task_id: int, change: Callable[[str], str]) -> Any:
+    """The expert's play, with the text of its edit of the target passed through ``change``."""
+    env = FsEnv(task_id)
+    try:
+        messages = list(env.reset().messages)
+        target = show(env.spec.target)
+        expert = env.expert()
+        while True:
+            action = expert.act(messages)
+            fn = (action.get("tool_calls") or [{}])[0].get("function", {})
+            if fn.get("name") == "write":
+                args = json.loads(fn["arguments"])
+                if args["path"] == target:
+                    args["text"] = change(args["text"])
+                    fn["arguments"] = json.dumps(args)
+            result = env.step(action)
+            messages += [action, *result.observation]
+            if result.done:
+                return env.check()
+    finally:
+        env.close()
+
+
+def test_an_edit_that_differs_only_by_a_trailing_newline_meets_the_subgoal():
+    task_id = next(t for t in range(100) if make_task(t).kind == "edit")
+    for change in (lambda t: t + "\n", lambda t: t + "\n\n", lambda t: t):
+        check = _play_editing(task_id, change)
+        assert {g.name: g.met for g in check.subgoals}["edited"] is True
+        assert check.score == 1.0
+    wrong = _play_editing(task_id, lambda t: t.replace("code", "kode"))
+    assert {g.name: g.met for g in wrong.subgoals}["edited"] is False
 
 
 def full_state(env: FsEnv) -> tuple:

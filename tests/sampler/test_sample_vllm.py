@@ -18,7 +18,7 @@ import pytest
 
 from branchpoint.store.events import ActionExecuted, NodeCreated, ScoreAssigned, TreeClosed
 from branchpoint.store.log import open_log
-from tests.sampler.conftest import ServedModel
+from tests.conftest import ServedModel
 
 pytestmark = pytest.mark.slow
 
@@ -118,3 +118,75 @@ def test_a_killed_run_resumes_and_finishes_without_recreating_anything(
     assert before < after
     _check_finished(trees)
     assert "resumed" in out.stdout
+
+
+@pytest.mark.postgres
+def test_two_workers_on_postgresql_never_sample_the_same_task(
+        served_model: ServedModel, pg_url: str) -> None:
+    from tests.store.conftest import require_pg
+
+    require_pg()
+    cmd = _cli("sample", "--base-url", served_model.base_url, "--model", served_model.name,
+               "--db", pg_url, "--max-tokens", "8", "--env", "fs", "--tasks", "6",
+               "--branching", "2", "--depth", "1", "--concurrency", "1", "--quiet")
+    workers = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for _ in range(2)]
+    outs = [w.communicate(timeout=300) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], [o[1][-2000:] for o in outs]
+    sampled = [int(o[0].split(" sampled here")[0].rsplit(" ", 1)[1]) for o in outs]
+    assert sum(sampled) == 6  # every task once, by one worker or the other
+
+    async def check() -> None:
+        import asyncpg
+
+        from branchpoint.sampler.claims import _pg_dsn
+
+        log = await open_log(pg_url)
+        try:
+            trees = {t.tree_id: await log.read_tree(t.tree_id) for t in await log.list_trees()}
+        finally:
+            await log.close()
+        assert len(trees) == 6
+        _check_finished(trees)
+        dsn, schema = _pg_dsn(pg_url)
+        conn = await asyncpg.connect(dsn, server_settings={"search_path": schema or "public"})
+        try:
+            rows = await conn.fetch("SELECT tree_id, worker, finished FROM claims")
+        finally:
+            await conn.close()
+        assert sorted(r["tree_id"] for r in rows) == sorted(trees)
+        assert all(r["finished"] == 1 and r["worker"] for r in rows)
+
+    asyncio.run(check())
+
+
+def test_branch_replays_a_recorded_trajectory_and_leaves_a_diverging_one_alone(
+        served_model: ServedModel, tmp_path: Path) -> None:
+    from tests.sampler.test_branch import read, recording, store
+
+    db = tmp_path / "rec.db"
+    # A step limit of 5 bounds the rollouts of an untrained model.
+    store(db, recording("rec/fs/2", 2, 3, max_steps=5),
+          recording("bad/fs/3", 3, 2, tamper=1, max_steps=5))
+    before = read(db, "bad/fs/3")
+    out = subprocess.run(_cli("branch", "--base-url", served_model.base_url, "--model",
+                              served_model.name, "--db", f"sqlite:///{db}", "--max-tokens",
+                              "12", "--seed", "1", "--branching", "2", "--lease-seconds",
+                              "60"),
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "rec/fs/2: branched at 3 steps" in out.stdout
+    assert "bad/fs/3: diverged: replay diverged at step 1" in out.stderr
+    assert read(db, "bad/fs/3") == before
+    events = read(db, "rec/fs/2")
+    new = [e.payload for e in events if isinstance(e.payload, NodeCreated)
+           and (e.payload.meta or {}).get("branch_run")]
+    assert new and all(p.produced_by["token_ids"] for p in new)
+    alternatives = [p for p in new if p.meta["line"] == "alt"]
+    # Alternatives grow from the recorded steps (the root and the recorder's nodes).
+    assert alternatives
+    assert all(p.parent_id == "root" or p.parent_id.startswith("sdk.") for p in alternatives)
+    scored = {e.payload.node_id for e in events if isinstance(e.payload, ScoreAssigned)}
+    ran = {e.payload.node_id for e in events if isinstance(e.payload, ActionExecuted)}
+    assert {p.node_id for p in new} <= ran
+    assert scored  # the alternatives' rollouts and the recorded leaf are scored

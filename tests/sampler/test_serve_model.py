@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from branchpoint.sampler.policy import ChatPolicy, Sampling
-from tests.sampler.conftest import ServedModel
+from tests.conftest import ServedModel
 
 pytestmark = pytest.mark.slow
 

@@ -62,8 +62,8 @@ def wait_for(cond: Any, timeout: float = 20.0, what: str = "condition") -> None:
 
 
 class StoreServer:
-    """A real HTTP ingest server (``tests/sdk/http_store.py``) in a subprocess, which a
-    test can kill and start again on the same port."""
+    """``branchpoint serve`` over a SQLite file in a subprocess, which a test can kill and
+    start again on the same port."""
 
     def __init__(self, db: Path, port: int) -> None:
         self.db, self.port = db, port
@@ -71,19 +71,23 @@ class StoreServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "http_store.py"), str(self.db), str(self.port)],
-            stdout=subprocess.PIPE, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line.strip() == b"ready", line
+        cli = Path(sys.executable).parent / "branchpoint"
+        self.proc = proc = subprocess.Popen(
+            [str(cli), "serve", "--db", f"sqlite:///{self.db}", "--port", str(self.port),
+             "--log-level", "warning"], cwd=REPO, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+
+        def up() -> bool:
+            assert proc.poll() is None, "branchpoint serve exited"
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+        wait_for(up, what="branchpoint serve to listen")
 
     def kill(self) -> None:
         if self.proc is not None:
             self.proc.kill()
             self.proc.wait()
-            if self.proc.stdout is not None:
-                self.proc.stdout.close()
             self.proc = None
 
 
@@ -123,3 +127,54 @@ def upstream() -> Iterator[Upstream]:
     u = Upstream(free_port())
     yield u
     u.stop()
+
+
+class ProxyServer:
+    """``branchpoint serve --upstream`` (the recording proxy among the server's routes)
+    over a SQLite file, in front of a scripted upstream that wants ``UPSTREAM_KEY``."""
+
+    UPSTREAM_KEY = "upstream-secret"
+
+    def __init__(self, db: Path, token: str | None = None,
+                 upstream_url: str | None = None) -> None:
+        """``upstream_url``: forward there instead (e.g. real vLLM), with no key."""
+        self.db = db
+        self.upstream = None if upstream_url else Upstream(free_port(), self.UPSTREAM_KEY)
+        target = upstream_url or self.upstream.url  # type: ignore[union-attr]
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        cli = Path(sys.executable).parent / "branchpoint"
+        self.proc = subprocess.Popen(
+            [str(cli), "serve", "--db", f"sqlite:///{db}", "--port", str(port),
+             "--upstream", target, "--log-level", "warning",
+             *(["--token", token] if token else [])],
+            cwd=REPO, stderr=subprocess.PIPE,
+            env={**os.environ, "BRANCHPOINT_UPSTREAM_KEY": "" if upstream_url
+                 else self.UPSTREAM_KEY})
+
+        def listening() -> bool:
+            assert self.proc.poll() is None, self.proc.stderr.read() if self.proc.stderr \
+                else "the server exited"
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+
+        wait_for(listening, what="the server to listen")
+
+    def base(self, trajectory_id: str) -> str:
+        return f"{self.url}/proxy/{trajectory_id}/v1"
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            _, err = self.proc.communicate(timeout=20)
+            if self.upstream is not None:
+                self.upstream.stop()
+            self.err = err.decode(errors="replace")
+        return self.err
+
+
+@pytest.fixture
+def proxy(tmp_path: Path) -> Iterator[ProxyServer]:
+    p = ProxyServer(tmp_path / "proxied.db")
+    yield p
+    p.stop()

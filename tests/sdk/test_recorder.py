@@ -116,9 +116,10 @@ def test_mistakes_are_logged_and_counted_and_never_raised(
         branch = t.fork("no-such-node")
         assert branch.head == "root"
         assert t.head == end
+    assert rec.flush(timeout=10)  # the score is checked in the background
     assert rec.stats().errors == 3
     assert "ended the episode" in caplog.text and "no-such-node" in caplog.text
-    assert rec.flush(timeout=10)
+    assert "[0, 1]" in caplog.text
     assert rec.stats().dead_lettered == 0
     rec.close()
 

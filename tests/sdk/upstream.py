@@ -12,8 +12,11 @@ the words of the answer. ``GET /requests`` lists the requests received (headers 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import random
 import secrets
+import socket
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,13 +26,13 @@ MODEL = "scripted-1"
 received: list[dict[str, Any]] = []
 
 
-def answer(request: dict[str, Any], i: int) -> dict[str, Any]:
+def answer(request: dict[str, Any], i: int, rng: random.Random) -> dict[str, Any]:
     last = request["messages"][-1]
     if last["role"] == "tool":
         return {"role": "assistant", "content": f"done: {last['content']}"}
     path = f"file{(request.get('seed') or 0) + i}.txt"
     return {"role": "assistant", "content": None, "tool_calls": [{
-        "id": f"call_{secrets.token_hex(6)}", "type": "function",
+        "id": f"call_{rng.getrandbits(48):012x}", "type": "function",
         "function": {"name": "read", "arguments": json.dumps({"path": path})}}]}
 
 
@@ -45,6 +48,13 @@ def logprobs_of(tokens: list[str]) -> dict[str, Any]:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        # headers and body go out in separate writes: without this, Nagle's algorithm and
+        # the client's delayed ACK hold every answer back ~40 ms (servers such as uvicorn
+        # set it too)
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, *args: object) -> None:
         pass
@@ -76,11 +86,16 @@ class Handler(BaseHTTPRequestHandler):
             self.send_json(404, {"error": {"message": f"no route {self.path}"}})
             return
         n = request.get("n") or 1
-        msgs = [answer(request, i) for i in range(n)]
+        # user "deterministic": the same request gets the same bytes (ids and time too)
+        fixed = request.get("user") == "deterministic"
+        rng = random.Random(hashlib.sha256(body).hexdigest() if fixed
+                            else secrets.token_hex(8))
+        msgs = [answer(request, i, rng) for i in range(n)]
         usage = {"prompt_tokens": 10 * len(request["messages"]),
                  "completion_tokens": sum(len(words(m)) for m in msgs)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        rid, created = f"chatcmpl-{secrets.token_hex(4)}", int(time.time())
+        rid = f"chatcmpl-{rng.getrandbits(32):08x}"
+        created = 0 if fixed else int(time.time())
         if not request.get("stream"):
             choices = []
             for i, m in enumerate(msgs):
@@ -92,6 +107,10 @@ class Handler(BaseHTTPRequestHandler):
             self.send_json(200, {"id": rid, "object": "chat.completion", "created": created,
                                  "model": MODEL, "choices": choices, "usage": usage})
             return
+        self.stream(request, msgs, usage, rid, created)
+
+    def stream(self, request: dict[str, Any], msgs: list[dict[str, Any]],
+               usage: dict[str, int], rid: str, created: int) -> None:
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("transfer-encoding", "chunked")

@@ -16,10 +16,11 @@ from branchpoint.cli.app import CSP, ServeConfig, create_app
 from branchpoint.cli.main import app as cli
 from branchpoint.store.errors import StoreUnavailable
 from branchpoint.store.events import Event, encode_event
+from branchpoint.store.exports import ExportOptions, TreeView
 from branchpoint.store.log import EventLog, MemoryEventLog, open_log
 from tests.serving import run_async
 from tests.store.api_data import big, ordinary
-from tests.store.builders import TreeBuilder, action, two_step_tree
+from tests.store.builders import TreeBuilder, action, sequenced, two_step_tree
 from tests.store.test_core_exports import CASES, GOLDEN, scenario
 
 TOKEN = "tok-123"
@@ -97,13 +98,23 @@ def test_a_bad_batch_lists_every_bad_event_and_stores_nothing(client: Any, log: 
     assert stored(log) == []
 
 
-def test_a_batch_breaking_a_store_rule_is_refused_whole(client: Any, log: Any) -> None:
-    b = TreeBuilder("t").root().step("a", "r").step("x", "missing-parent")
+def test_a_batch_breaking_a_store_rule_is_refused_whole_with_every_event_listed(
+        client: Any, log: Any) -> None:
+    b = TreeBuilder("t").root().step("a", "r").step("x", "missing-parent").step("y", "x")
     r = post(client, as_array(b.events))
     assert r.status_code == 400
-    (error,) = r.json()["errors"]
-    assert error["event_id"] == "t-e4" and error["index"] == 3
+    errors = r.json()["errors"]
+    assert [(e["index"], e["event_id"], e.get("depends_on")) for e in errors] == [
+        (3, "t-e4", None), (4, "t-e5", "t-e4"), (5, "t-e6", "t-e4"), (6, "t-e7", "t-e6")]
+    assert "missing-parent" in errors[0]["reason"] and not errors[0].get("dependent")
+    assert all(e["dependent"] for e in errors[1:])
     assert stored(log) == []
+    # in JSON Lines the report also names the line, blank lines counted
+    r = post(client, b"\n" + as_lines(b.events).replace(b"\n", b"\n\n", 1),
+             "application/jsonl")
+    assert r.status_code == 400
+    assert [(e["index"], e["line"]) for e in r.json()["errors"]] == [
+        (3, 6), (4, 7), (5, 8), (6, 9)]
 
 
 def test_a_conflicting_resend_is_409_and_stores_nothing(client: Any, log: Any) -> None:
@@ -114,7 +125,9 @@ def test_a_conflicting_resend_is_409_and_stores_nothing(client: Any, log: Any) -
     fresh = TreeBuilder("u").root().events
     r = post(client, as_array([*fresh, changed]))
     assert r.status_code == 409
-    assert r.json()["errors"][0]["event_id"] == changed.event_id
+    (error,) = r.json()["errors"]
+    assert error["event_id"] == changed.event_id and error["conflict"] is True
+    assert error["index"] == 1
     assert len(stored(log)) == len(events)
 
 
@@ -185,7 +198,7 @@ def test_trees_are_listed_with_filters_and_counts(filled: Any) -> None:
         "flat/tie"]
     assert filled.get("/v1/trees?has_pairs=true").json()["total"] == 3
     assert filled.get("/v1/trees?q=TIE").json()["total"] == 1
-    assert filled.get("/v1/trees?task_id=9").json()["total"] == 1
+    assert filled.get("/v1/trees?task=9").json()["total"] == 1
     assert filled.get("/v1/trees?min_value=0.3").json()["total"] == 1  # flat/tie: 0.5
     # the page's value options change the pairs: at margin 0.6 only a's 1.0-vs-0.0 counts
     counted = filled.get("/v1/trees?margin=0.6&env=fs").json()["trees"][0]
@@ -212,7 +225,9 @@ def test_a_tree_with_slashes_in_its_id_shows_values_evidence_and_pairs(filled: A
     assert body["tree_id"] == "run/fs/0" and body["root"] == "r"
     nodes = {n["node_id"]: n for n in body["nodes"]}
     assert nodes["r"]["value"] == 0.25 and nodes["r"]["leaves"] == 3
-    assert nodes["r"]["stderr"] == pytest.approx((1 / 3) ** 0.5 / 3 ** 0.5 * 1)  # sd/sqrt(n)
+    # the evidence is the core's estimate: leaves under the value and its standard error
+    core = TreeView("run/fs/0", sequenced(ordinary(1)), ExportOptions()).estimates["r"]
+    assert (nodes["r"]["leaves"], nodes["r"]["stderr"]) == (core.leaves, core.se)
     assert nodes["a"]["role"] == "chosen" and nodes["b"]["role"] == "rejected"
     assert nodes["a"]["branch"]["pair"] is True and nodes["a"]["branch"]["margin"] == 1.0
     assert nodes["a1"]["scores"] == {"checker": 1.0}
@@ -273,6 +288,11 @@ def test_stats_and_summary_count_what_the_cli_counts(filled: Any) -> None:
     assert sum(summary["tree_sizes"]["counts"]) == 4
     assert filled.get("/v1/stats?margin=-1").status_code == 400
     assert filled.get("/v1/stats?sources=,").status_code == 400
+    assert filled.get("/v1/stats", params={"env": "shop"}).json()["trees"] == 2
+    assert filled.get("/v1/stats", params={"since": "yesterday"}).status_code == 400
+    # a confidence bar no pair of single leaves can clear drops them as low_confidence
+    strict = filled.get("/v1/stats", params={"confidence": 50}).json()
+    assert strict["pairs"] < stats["pairs"]
 
 
 # --- export ---------------------------------------------------------------------------------
@@ -316,6 +336,10 @@ def test_an_export_of_one_tree_holds_only_its_pairs(filled: Any) -> None:
     rows = [json.loads(line) for line in r.text.splitlines()]
     assert len(rows) == 2 and {row["metadata"]["tree_id"] for row in rows} == {"run/shop/1"}
     assert filled.get("/v1/export/dpo", params={"tree": "none"}).content == b""
+    events = filled.get("/v1/export/events", params={"tree": "run/shop/1"})
+    assert events.status_code == 200
+    trees = {json.loads(line)["tree_id"] for line in events.text.splitlines()}
+    assert trees == {"run/shop/1"}
 
 
 def test_an_export_refuses_bad_options_before_its_first_byte(filled: Any) -> None:
@@ -389,3 +413,35 @@ def test_the_page_has_no_inline_script_or_handler() -> None:
     assert not [a for _, attrs in found for a, _ in attrs if a.startswith("on") or a == "style"]
     js = (STATIC / "app.js").read_text()
     assert "innerHTML" not in js and "insertAdjacentHTML" not in js and "eval(" not in js
+
+
+@pytest.mark.parametrize("args", [[], ["--margin", "0.5", "--value", "max"],
+                                  ["--env", "fs", "--confidence", "1"]])
+def test_stats_are_what_the_cli_prints(scenario_db: str, args: list[str]) -> None:
+    result = CliRunner().invoke(cli, ["stats", "--json", "--db", scenario_db, *args])
+    assert result.exit_code == 0, result.stderr
+    params = dict(zip(args[::2], args[1::2], strict=True))
+    with TestClient(create_app(scenario_db)) as c:
+        r = c.get("/v1/stats", params={k.lstrip("-"): v for k, v in params.items()})
+    assert r.json() == json.loads(result.stdout)
+
+
+def test_the_api_runs_on_each_sql_store(db_url: str) -> None:
+    events = ordinary(2)
+    with TestClient(create_app(db_url)) as c:
+        assert post(c, as_lines(events), "application/jsonl").json()["stored"] == len(events)
+        assert post(c, as_array(events)).json()["duplicates"] == len(events)
+        changed = msgspec.structs.replace(
+            events[5], payload=msgspec.structs.replace(events[5].payload, value=0.9))
+        assert post(c, as_array([*TreeBuilder("new").root().events, changed])
+                    ).status_code == 409
+        assert post(c, as_array(TreeBuilder("x").root().step("a", "nope").events)
+                    ).status_code == 400
+        assert c.get("/v1/stats").json()["trees"] == 2  # neither refused batch stored
+        assert c.get("/v1/trees?limit=1").json()["next_cursor"] is not None
+        tree = c.get("/v1/trees/run/shop/1").json()
+        assert tree["counts"]["pairs"] == 2 and len(tree["nodes"]) == 5
+        assert c.post("/v1/scores", json={"tree_id": "run/shop/1", "node_id": "b",
+                                          "value": 1.0}).status_code == 201
+        assert c.get("/v1/trees/run/shop/1").json()["nodes"][0]["value"] == 0.75
+        assert c.get("/v1/export/dpo").text.count("\n") == 4

@@ -9,7 +9,13 @@ from typing import Any
 
 import pytest
 
-from branchpoint.store.exports import FORMATS, ExportOptions, compute_stats, export_lines
+from branchpoint.store.exports import (
+    FORMATS,
+    TRAINING_FORMATS,
+    ExportOptions,
+    compute_stats,
+    export_lines,
+)
 from branchpoint.store.log import MemoryEventLog
 from tests.store.builders import TOOLS, TreeBuilder, action, call, memory_log, two_step_tree
 
@@ -49,7 +55,7 @@ CASES = {
     "sft": {"min_score": 0.7},
     "trajectory-pairs": {"with_metadata": True},
     "stepwise": {"label_threshold": 0.5},
-}
+}  # the options of each training format (``events`` takes none)
 
 
 def _has_sql() -> bool:
@@ -80,7 +86,7 @@ async def open_scenario(backend: str, tmp_path: Path) -> Any:
 async def test_each_format_matches_its_golden_file(fmt: str, backend: str, tmp_path: Path):
     log = await open_scenario(backend, tmp_path)
     try:
-        got = await lines(log, fmt, **CASES[fmt])
+        got = await lines(log, fmt, **CASES.get(fmt, {}))
     finally:
         await log.close()
     path = GOLDEN / f"{fmt}.jsonl"
@@ -90,7 +96,7 @@ async def test_each_format_matches_its_golden_file(fmt: str, backend: str, tmp_p
     assert got == path.read_bytes()
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", TRAINING_FORMATS)
 async def test_each_format_loads_with_datasets(fmt: str, tmp_path: Path):
     from datasets import load_dataset
 
@@ -149,6 +155,14 @@ async def test_sft_keeps_paths_whose_leaf_reaches_the_min_score_and_ends_on_the_
     assert len((await lines(log, "sft", min_score=0.0)).splitlines()) == 9
     assert len((await lines(log, "sft", sources=("checker",))).splitlines()) == 2
     assert len((await lines(log, "sft", sources=("judge",))).splitlines()) == 0
+
+
+async def test_sft_writes_no_row_for_a_scored_root_alone():
+    alone = TreeBuilder("alone").root().score("r", 1.0).close()
+    log = await memory_log(alone)
+    assert await lines(log, "sft", min_score=0.0) == b""
+    for fmt in ("dpo", "trajectory-pairs", "stepwise"):
+        assert await lines(log, fmt) == b"", fmt
 
 
 async def test_stepwise_labels_follow_node_values_and_the_threshold():
@@ -312,3 +326,62 @@ async def test_trl_dpo_trains_a_step_on_exported_rows(tmp_path: Path,
     assert result.global_step == 1
     assert torch.isfinite(torch.tensor(result.training_loss))
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+class LabelledTree(TreeBuilder):
+    """Steps that say whether the policy meant them as mistakes, and how often it drew them."""
+
+    def labelled(self, node_id: str, parent: str, mistake: bool | None, *,
+                 count: int | None = None) -> LabelledTree:
+        from branchpoint.store.events import ActionExecuted, NodeCreated
+
+        produced_by: dict[str, Any] = {"policy": "expert"}
+        if mistake is not None:
+            produced_by["mistake"] = mistake
+        if count is not None:
+            produced_by["count"] = count
+        self._add(NodeCreated(node_id=node_id, parent_id=parent, action=action(node_id),
+                              produced_by=produced_by))
+        self._add(ActionExecuted(node_id=node_id, observation=[], done=True))
+        return self
+
+
+async def test_stats_grade_pairs_against_the_mistake_labels_per_env_and_in_total():
+    right = LabelledTree("a", env="fs").root()
+    right.labelled("good", "r", False).score("good", 1.0)
+    right.labelled("bad", "r", True).score("bad", 0.0)
+    wrong = LabelledTree("b", env="shop").root()
+    wrong.labelled("lucky", "r", True).score("lucky", 0.9)
+    wrong.labelled("unlucky", "r", False).score("unlucky", 0.2)
+    wrong.labelled("x", "r", False).score("x", 0.5)
+    both = LabelledTree("c", env="shop").root()  # two non-mistakes: not decided
+    both.labelled("p", "r", False).score("p", 1.0)
+    both.labelled("q", "r", False).score("q", 0.0)
+    plain = two_step_tree("d")  # no labels at all
+    stats = await compute_stats(await memory_log(right, wrong, both, plain))
+    assert (stats["pairs_decided"], stats["pairs_correct"]) == (2, 1)
+    assert stats["pair_precision"] == 0.5
+    assert stats["by_env"]["shop"]["pair_precision"] == 0.0
+    assert stats["by_env"]["fs"]["pairs_decided"] == 1
+    unlabelled = await compute_stats(await memory_log(plain))
+    assert "pair_precision" not in unlabelled
+    rows = [json.loads(x) for x in (await lines(await memory_log(right), "dpo",
+                                                with_metadata=True)).splitlines()]
+    assert rows[0]["metadata"]["chosen_mistake"] is False
+    assert rows[0]["metadata"]["rejected_mistake"] is True
+
+
+async def test_a_childs_draw_count_weights_the_exported_values():
+    b = LabelledTree("w", env="fs").root()
+    b.labelled("often", "r", None, count=3).score("often", 1.0)
+    b.labelled("once", "r", None).score("once", 0.0)
+    rows = {r["node_id"]: r for r in map(json.loads, (await lines(await memory_log(b),
+                                                                  "steps")).splitlines())}
+    assert rows["often"]["leaves"] == 1 and rows["often"]["se"] == 0.5
+    stats = await compute_stats(await memory_log(b), ExportOptions(value="mean"))
+    assert stats["pairs"] == 1
+    view_value = (3 * 1.0 + 1 * 0.0) / 4
+    from branchpoint.store.exports import TreeView
+
+    view = TreeView("w", b.events, ExportOptions())
+    assert view.values["r"] == view_value

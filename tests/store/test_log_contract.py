@@ -458,6 +458,34 @@ async def test_trees_are_selected_by_id_and_by_split(log: EventLog) -> None:
         TreeFilter(split="test")  # type: ignore[arg-type]
 
 
+async def test_trees_are_listed_in_pages_that_follow_a_cursor(log: EventLog) -> None:
+    trees = [Tree(f"t{i}", env="fs" if i % 3 else "shop") for i in range(7)]
+    await log.append([t.root() for t in trees])
+    everything = await log.list_trees()
+    assert everything.next_cursor is None and len(everything) == 7
+
+    async def walk(where: TreeFilter | None, limit: int) -> list[list[str]]:
+        pages, cursor = [], None
+        while True:
+            page = await log.list_trees(where, limit=limit, cursor=cursor)
+            pages.append([t.tree_id for t in page])
+            cursor = page.next_cursor
+            if cursor is None:
+                return pages
+
+    assert await walk(None, 3) == [["t0", "t1", "t2"], ["t3", "t4", "t5"], ["t6"]]
+    assert await walk(None, 7) == [[f"t{i}" for i in range(7)]]
+    assert await walk(TreeFilter(env="fs"), 2) == [["t1", "t2"], ["t4", "t5"]]
+    # a tree added between two pages comes on a later page; none is repeated or skipped
+    first = await log.list_trees(limit=4)
+    await log.append([Tree("late").root()])
+    rest = await log.list_trees(cursor=first.next_cursor)
+    assert [t.tree_id for t in [*first, *rest]] == [*(f"t{i}" for i in range(7)), "late"]
+    for bad in ({"limit": 0}, {"limit": -1}, {"cursor": "nonsense"}, {"cursor": "t1.x"}):
+        with pytest.raises(ValueError, match=r"limit|cursor"):
+            await log.list_trees(**bad)
+
+
 # --- heads in bulk --------------------------------------------------------------------------
 
 

@@ -175,3 +175,35 @@ async def _execute(log: object, statements: list[str]) -> None:
     async with engine.begin() as conn:
         for stmt in statements:
             await conn.exec_driver_sql(stmt)
+
+
+async def test_each_dialect_creates_the_tables_and_indexes_of_its_schema_file(
+        db_url: str) -> None:
+    """schema.sql and schema_pg.sql are the one source of each dialect's tables: both
+    create the same columns and the same named indexes."""
+    from branchpoint.store.sqlbase import EVENT_COLUMNS, TREE_COLUMNS, schema_statements
+
+    log = await open_log(db_url)
+    try:
+        pg = db_url.startswith("postgresql")
+        engine = log._engine  # type: ignore[attr-defined]
+        async with engine.connect() as conn:
+            columns = {}
+            for table in ("events", "trees"):
+                sql = ("SELECT column_name FROM information_schema.columns WHERE "
+                       f"table_schema = current_schema() AND table_name = '{table}'"
+                       if pg else f"SELECT name FROM pragma_table_info('{table}')")
+                columns[table] = {r[0] for r in await conn.exec_driver_sql(sql)}
+            sql = ("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
+                   if pg else "SELECT name FROM sqlite_master WHERE type = 'index'")
+            indexes = {r[0] for r in await conn.exec_driver_sql(sql)}
+    finally:
+        await log.close()
+    assert columns["events"] == {"seq", *EVENT_COLUMNS}
+    assert columns["trees"] == {*TREE_COLUMNS, "root_seq"}
+    named = {s.split(" ON ")[0].split()[-1]
+             for s in schema_statements("schema_pg.sql" if pg else "schema.sql")
+             if " INDEX " in s}
+    assert named == {s.split(" ON ")[0].split()[-1] for s in schema_statements()
+                     if " INDEX " in s}
+    assert named <= indexes

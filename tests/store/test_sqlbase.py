@@ -35,7 +35,7 @@ def test_the_stdlib_writer_names_the_colliding_event_when_an_index_fires(tmp_pat
     with Sqlite3Writer(tmp_path / "log.db") as w:
         w.append(stored.events)
 
-        def racing_append(db, sql, events, lines):
+        def racing_append(db, sql, events, lines, **_):
             raise sqlite3.IntegrityError("UNIQUE constraint failed: events.tree_id, "
                                          "events.node_id")
 

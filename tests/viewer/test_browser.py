@@ -170,6 +170,14 @@ def test_a_tree_opens_expands_marks_its_pairs_and_shows_a_nodes_details(page: Pa
     _row(p, "a1").locator(".label").click()
     expect(p.locator("#details h2")).to_have_text("node a1")
     assert "checker" in p.locator("#details table.scores").inner_text()
+    # the page's options drive values and pairs: at margin 0.6 the root's 0.5 gap is no pair
+    p.fill("#options input[name=margin]", "0.6")
+    p.click("#options button")
+    expect(_row(p, "r").locator(".badge").first).to_have_text("no pair: under_margin")
+    assert p.locator('li.rejected[data-node="b"]').count() == 0
+    p.fill("#options input[name=margin]", "0.1")
+    p.click("#options button")
+    expect(_row(p, "r").locator(".badge.pair")).to_have_count(1)
     assert page.errors == []
 
 

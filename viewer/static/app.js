@@ -64,7 +64,7 @@ let options = loadOptions();
 
 function optionParams() {
   const p = new URLSearchParams();
-  for (const k of ["margin", "value", "sources", "judge_weight"]) {
+  for (const k of ["margin", "value", "sources", "judge_weight", "confidence"]) {
     if (options[k] !== undefined && options[k] !== "") p.set(k, options[k]);
   }
   return p;
@@ -76,7 +76,7 @@ function initOptionsForm() {
   form.addEventListener("submit", (e) => {
     e.preventDefault();
     options = {};
-    for (const k of ["margin", "value", "sources", "judge_weight"]) options[k] = form.elements[k].value.trim();
+    for (const k of ["margin", "value", "sources", "judge_weight", "confidence"]) options[k] = form.elements[k].value.trim();
     sessionStorage.setItem(OPTS_KEY, JSON.stringify(options));
     route();
   });
@@ -151,7 +151,7 @@ function route() {
 // --- the list of trees ---------------------------------------------------------------------
 
 const FILTERS = [
-  ["q", "search", "text"], ["env", "env", "text"], ["task_id", "task", "text"],
+  ["q", "search", "text"], ["env", "env", "text"], ["task", "task", "text"],
   ["origin", "origin", "text"], ["min_value", "min value", "number"],
   ["max_value", "max value", "number"],
 ];
@@ -234,7 +234,7 @@ async function renderTree(view, treeId) {
   const info = el("div", { class: "treeinfo" },
     el("h2", {}, data.tree_id),
     el("p", { class: "muted" },
-      `env ${data.env} · task ${data.task_id} · origin ${data.origin || "–"} · ${data.closed ? "closed: " + data.closed : "unfinished"} · ${data.node_count} nodes · ${c.branching_points} branching points · ${c.pairs} pairs · dropped: ${c.dropped.tie} tie, ${c.dropped.under_margin} under margin, ${c.dropped.identical} identical`),
+      `env ${data.env} · task ${data.task_id} · origin ${data.origin || "–"} · ${data.closed ? "closed: " + data.closed : "unfinished"} · ${data.node_count} nodes · ${c.branching_points} branching points · ${c.pairs} pairs · dropped: ${c.dropped.tie} tie, ${c.dropped.under_margin} under margin, ${c.dropped.identical} identical` + (c.dropped.low_confidence ? `, ${c.dropped.low_confidence} low confidence` : "")),
     el("p", {},
       el("button", { type: "button", id: "show-pairs", onclick: guard(() => showPairs(state)) }, "this tree's pairs (DPO export)"),
       " ",
@@ -505,8 +505,9 @@ async function renderSummary(view) {
   const binColours = bins.map((b) => colour(Number(b) + 0.05));
   const charts = el("div", { class: "charts", id: "charts" });
   for (const [env, counts] of Object.entries(s.leaf_scores)) charts.append(barChart(`leaf scores: ${env}`, bins, counts, binColours));
-  charts.append(barChart("branching points: pairs and drops", ["pairs", "tie", "under margin", "identical"],
-    [st.pairs, st.dropped.tie, st.dropped.under_margin, st.dropped.identical], ["#1a7f37", "#9aa3b2", "#d08c2f", "#c0362c"]));
+  charts.append(barChart("branching points: pairs and drops", ["pairs", "tie", "under margin", "identical", "low conf."],
+    [st.pairs, st.dropped.tie, st.dropped.under_margin, st.dropped.identical, st.dropped.low_confidence || 0],
+    ["#1a7f37", "#9aa3b2", "#d08c2f", "#c0362c", "#7a5cc0"]));
   charts.append(barChart("tree sizes (nodes)", s.tree_sizes.bins.slice(0, -1).map((b) => String(Math.round(b))), s.tree_sizes.counts));
   const tb = el("tbody");
   const row = (name, x) => el("tr", {}, el("td", {}, name), ...[x.trees, x.nodes, x.branching_points, x.pairs, x.dropped.tie, x.dropped.under_margin, x.dropped.identical].map((v) => el("td", { class: "num" }, v)));

@@ -1,4 +1,5 @@
-"""Fixtures for the sampler's integration tests: ONE real vLLM server per test session.
+"""Fixtures for the integration tests against real vLLM (the sampler's, and the SDK's
+wrapper and recording proxy): ONE real vLLM server per test session, shared by all.
 
 ``served_model`` builds the small model once (``branchpoint model build``), starts
 ``branchpoint serve-model`` on it (a real subprocess, vLLM's CPU build in its cached
@@ -84,3 +85,7 @@ def served_model(model_folder: Path, tmp_path_factory: pytest.TempPathFactory
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0, "vLLM still listens after SIGTERM"
+
+
+# The store's database fixtures (a fresh PostgreSQL schema per test, a SQLite file).
+from tests.store.conftest import pg_url, sqlite_url  # noqa: E402, F401
