@@ -25,6 +25,7 @@ from branchpoint.sampler.envs.base import Environment, Message, Reset, split_of
 from branchpoint.sampler.envs.registry import make_env
 from branchpoint.sampler.fork import fork
 from branchpoint.sampler.record import TreeRecorder
+from branchpoint.store.builder import make_task
 from branchpoint.store.events import Event
 from branchpoint.train.episodes import text_opening
 from branchpoint.train.evaluate import BatchPolicy
@@ -90,7 +91,8 @@ def grow_trees(policy: BatchPolicy, env_name: str, task_ids: Sequence[int], *, r
         opening = env.reset()
         messages = text_opening(opening.messages, opening.tools)
         recorder = TreeRecorder(f"{run}/{env_name}/{task_id}", origin="sampler")
-        task = {**env.task, "split": split_of(task_id)}
+        task = make_task(env_name, task_id, split=split_of(task_id), action_format="text",
+                         options=options)
         root = recorder.root(task, Reset(messages=messages, tools=[]),
                              meta={"strategy": "branch-rollout", **_plain(settings)})
         recorders.append(recorder)

@@ -7,6 +7,7 @@ import random
 
 from branchpoint.sampler.envs.base import Message, tasks_in_split
 from branchpoint.sampler.envs.registry import make_env
+from branchpoint.store.builder import task_options
 from branchpoint.store.exports import ExportOptions, export_lines
 from branchpoint.store.log import open_log
 from branchpoint.train.grow import GrowSettings, grow_trees
@@ -55,4 +56,4 @@ def test_every_tree_records_its_split_and_options() -> None:
     for root in roots:
         task = root.payload.task  # type: ignore[attr-defined]
         assert task["split"] == "train"
-        assert task["options"]["difficulty"] == "easy"
+        assert task_options(task) == OPTIONS

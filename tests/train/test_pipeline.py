@@ -15,7 +15,7 @@ from branchpoint.train.model import ModelSpec
 from branchpoint.train.pipeline import DemoSettings, run_pipeline
 from branchpoint.train.trainers import DpoSettings, SftSettings
 
-OPTIONS = {"difficulty": "easy", "max_steps": 6}
+OPTIONS = {"difficulty": "easy", "max_steps": 8}
 REPORT_FIELDS = {"success_before", "success_after", "difference_ci95", "n_eval_tasks",
                  "n_pairs", "stages", "by_env"}
 
@@ -31,7 +31,7 @@ def tiny(engine: str) -> DemoSettings:
                         intermediate_size=128),
         sft_demos=48, sft_mistakes=0.3,
         sft=SftSettings(epochs=10.0, learning_rate=1e-2, batch_size=8),
-        sample_tasks=8, grow=GrowSettings(candidates=4, rollouts=1, branch_points=4),
+        sample_tasks=10, grow=GrowSettings(candidates=4, rollouts=1, branch_points=4),
         temperature=1.0, max_tokens=24, margin=0.1,
         dpo=DpoSettings(epochs=1.0, batch_size=8),
         eval_tasks=3, eval_samples=4)
