@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sys
 import time
 from enum import StrEnum
@@ -14,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from branchpoint.cli.main import DbOption, fail
+from branchpoint.cli.options import ActionFormat, EnvOptions, parse_options
 from branchpoint.store.errors import BranchpointError, EndpointUnusable
 
 
@@ -21,12 +21,6 @@ class Strategy(StrEnum):
     tree = "tree"
     branch_rollout = "branch-rollout"
     episodes = "episodes"
-
-
-class ActionFormat(StrEnum):
-    auto = "auto"
-    text = "text"
-    tools = "tools"
 
 
 class Split(StrEnum):
@@ -61,24 +55,6 @@ def parse_tasks(spec: str, split: str) -> list[int]:
     if count < 1:
         raise ValueError(f"--tasks {spec!r}: the count must be at least 1")
     return tasks_in_split(split, count)  # type: ignore[arg-type]
-
-
-def parse_options(items: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs; the value read as JSON when it parses, else as a string.
-
-    Raises:
-        ValueError: an item without ``=``.
-    """
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--option {item!r}: expected KEY=VALUE")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def _line(stats: Any) -> str:
@@ -126,6 +102,10 @@ async def _run(db: str, config: Any, base_url: str, *, action_format: str,  # no
         finally:
             probe.close()
         use_tools = False
+        if not opening.tools and action_format == "tools":
+            raise EndpointUnusable(f"{config.env!r} offers no tools (its actions are free "
+                                   "text): use --action-format text or auto",
+                                   kind="no_tools")
         if opening.tools and action_format != "text":
             use_tools = await policy.accepts_tools(opening.messages, opening.tools)
             if not use_tools and action_format == "tools":
@@ -218,9 +198,7 @@ def register(app: typer.Typer) -> None:
         action_format: Annotated[ActionFormat, typer.Option(
             "--action-format", help="auto: tool calls when the server takes them, else "
                                     "text commands.")] = ActionFormat.auto,
-        option: Annotated[list[str] | None, typer.Option(
-            "--option", help="Environment option KEY=VALUE (JSON value, else a string); "
-                             "repeatable.")] = None,
+        option: EnvOptions = None,
         split: Annotated[Split, typer.Option("--split")] = Split.train,
         run: Annotated[str | None, typer.Option(
             "--run", help="Run name (default: a hash of the settings that shape a tree).")

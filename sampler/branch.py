@@ -6,13 +6,17 @@ node's first child down to a leaf (what the SDK, the proxy, MCP or ``ingest`` re
 The whole path is replayed first in a fresh environment of the root's task
 (:func:`branchpoint.sampler.replay.replay`, strict: every observation must be the recorded
 one); a path that diverges is reported with the step and the difference and its tree is
-left untouched. Then at each selected depth (every step by default; ``from_depth`` or
-``steps`` narrow it) the environment is rebuilt by replaying the path up to there, ``n``
-alternatives are sampled from the conversation as recorded (its tools and opening
-messages, so a text-mode recording stays in text mode), the alternatives identical to the
-recorded next step are dropped, and each other one is run in its own fork and continued
-with the policy to the end of the episode (``rollouts`` times when more than one). Leaves
-get the environment's check as a ``checker`` score, the recorded leaf too when it has none.
+left untouched. An environment that declares its tools stateless (``fork_mode =
+"stateless"``) is not replayed: it adopts the recorded steps as they are
+(:func:`branchpoint.sampler.replay.reach`), so its recordings branch from any step even
+when their tool results can no longer be reproduced. Then at each selected depth (every
+step by default; ``from_depth`` or ``steps`` narrow it) the environment is rebuilt by
+replaying the path up to there, ``n`` alternatives are sampled from the conversation as
+recorded (its tools and opening messages, so a text-mode recording stays in text mode),
+the alternatives identical to the recorded next step are dropped, and each other one is
+run in its own fork and continued with the policy to the end of the episode (``rollouts``
+times when more than one). Leaves get the environment's check as a ``checker`` score, the
+recorded leaf too when it has none.
 
 New nodes carry ``meta.branch_run`` (the run's name): a branching point that already has
 children of this run is not sampled again, only finished (nodes not run are run, leaves
@@ -34,7 +38,7 @@ from branchpoint.sampler.envs.registry import make_env
 from branchpoint.sampler.fork import fork
 from branchpoint.sampler.grow import RunStats, SampleConfig, Sampler, _all, _stored_state, _Tree
 from branchpoint.sampler.policy import ChatPolicy
-from branchpoint.sampler.replay import RecordedStep, replay
+from branchpoint.sampler.replay import RecordedStep, reach
 from branchpoint.store.actions import same_action
 from branchpoint.store.builder import TreeBuilder, TreeState, replay_path, task_options
 from branchpoint.store.errors import (
@@ -110,7 +114,7 @@ class Brancher(Sampler):
         rec = replay_path(state, path[-1])
         recorded = [RecordedStep(s.action, s.observation or [], s.done) for s in rec.steps]
         try:
-            replay(env, recorded)  # the whole path first: a divergence touches nothing
+            reach(env, recorded)  # the whole path first: a divergence touches nothing
         except ReplayDivergence as exc:
             env.close()
             self.stats.error("replay_divergence")
@@ -133,7 +137,7 @@ class Brancher(Sampler):
                 node = path[depth]
                 at = make_env(str(task.get("env")), _task_id(task.get("task_id")),
                               **task_options(task))
-                replay(at, recorded[:depth])
+                reach(at, recorded[:depth])
                 jobs.append(self._branch_at(tree, node, path[depth + 1], at, depth,
                                             again=node in done_parents))
             await _all(jobs)  # the branching points go on together

@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from branchpoint.sampler.claims import Claims
-from branchpoint.sampler.envs.base import Check, Environment
+from branchpoint.sampler.envs.base import Check, Environment, StepResult
 from branchpoint.sampler.envs.registry import make_env
 from branchpoint.sampler.fork import fork
 from branchpoint.sampler.policy import ChatPolicy, Sampling, seed_for, text_opening
@@ -418,7 +418,12 @@ class Sampler:
         info = tree.builder.state.nodes[child]
         action = info.action or {}
         started = time.perf_counter()
-        result = env.step(action)
+        if info.observation is not None and env.fork_mode == "stateless":
+            # resuming: a stateless environment takes the stored step as it is
+            result = StepResult(list(info.observation), bool(info.done))
+            env.adopt([(action, result)])
+        else:
+            result = env.step(action)
         spent = time.perf_counter() - started
         self.stats.env_seconds += spent
         latency = round(spent * 1000, 3)
