@@ -29,15 +29,20 @@ class Split(StrEnum):
     heldout = "heldout"
 
 
-def parse_tasks(spec: str, split: str) -> list[int]:
+def parse_tasks(spec: str, split: str, env: Any = None,
+                options: dict[str, Any] | None = None) -> list[int]:
     """``N`` (the first N task ids of the split) or ``START:END`` (ids in that range that
-    fall in the split, END excluded).
+    fall in the split, END excluded), as the environment class ``env`` selects them
+    (:meth:`~branchpoint.sampler.envs.base.Environment.select_tasks`; default: every id,
+    split by hash). An environment with a finite list of tasks may return fewer than N.
 
     Raises:
-        ValueError: the spec is neither.
+        ValueError: the spec is neither, or the environment refuses its options.
     """
-    from branchpoint.sampler.envs.base import split_of, tasks_in_split
+    from branchpoint.sampler.envs.base import Environment
 
+    cls = env or Environment
+    options = options or {}
     text = spec.strip()
     if ":" in text:
         a, _, b = text.partition(":")
@@ -47,14 +52,14 @@ def parse_tasks(spec: str, split: str) -> list[int]:
             raise ValueError(f"--tasks {spec!r}: a range is START:END of integers") from None
         if start < 0 or end < start:
             raise ValueError(f"--tasks {spec!r}: need 0 <= START <= END")
-        return [t for t in range(start, end) if split_of(t) == split]
+        return list(cls.select_tasks(split, start=start, end=end, **options))  # type: ignore[arg-type]
     try:
         count = int(text)
     except ValueError:
         raise ValueError(f"--tasks {spec!r}: give a count N or a range START:END") from None
     if count < 1:
         raise ValueError(f"--tasks {spec!r}: the count must be at least 1")
-    return tasks_in_split(split, count)  # type: ignore[arg-type]
+    return list(cls.select_tasks(split, count=count, **options))  # type: ignore[arg-type]
 
 
 def _line(stats: Any) -> str:
@@ -220,13 +225,15 @@ def register(app: typer.Typer) -> None:
         from branchpoint.sampler.policy import Sampling
 
         try:
-            get_env(env)
-            task_ids = parse_tasks(tasks, split.value)
             options = parse_options(option or [])
-        except (ValueError, LookupError) as exc:
+            task_ids = parse_tasks(tasks, split.value, get_env(env), options)
+        except (ValueError, LookupError, OSError) as exc:
             raise fail(str(exc)) from None
         if not task_ids:
             raise fail(f"--tasks {tasks!r} holds no {split.value} task")
+        if tasks.strip().isdigit() and len(task_ids) < int(tasks):
+            typer.echo(f"--tasks {tasks}: {env} has only {len(task_ids)} {split.value} "
+                       f"tasks; sampling those", err=True)
         if "/" in (run or ""):
             raise fail("--run must not contain '/'")
         config = SampleConfig(

@@ -34,13 +34,13 @@ from typing import Any
 
 from branchpoint.sampler.claims import Claims
 from branchpoint.sampler.envs.base import Environment
-from branchpoint.sampler.envs.registry import make_env
+from branchpoint.sampler.envs.registry import env_from_task
 from branchpoint.sampler.fork import fork
 from branchpoint.sampler.grow import RunStats, SampleConfig, Sampler, _all, _stored_state, _Tree
 from branchpoint.sampler.policy import ChatPolicy
 from branchpoint.sampler.replay import RecordedStep, reach
 from branchpoint.store.actions import same_action
-from branchpoint.store.builder import TreeBuilder, TreeState, replay_path, task_options
+from branchpoint.store.builder import TreeBuilder, TreeState, replay_path
 from branchpoint.store.errors import (
     ContextOverflow,
     EndpointError,
@@ -107,8 +107,7 @@ class Brancher(Sampler):
         while len(path) > 1 and state.nodes[path[-1]].observation is None:
             path.pop()
         try:
-            env = make_env(str(task.get("env")), _task_id(task.get("task_id")),
-                           **task_options(task))
+            env = _env_of(task)
         except (UnknownEnvironment, ValueError, TypeError) as exc:
             return BranchOutcome(tree_id, "skipped", message=str(exc))
         rec = replay_path(state, path[-1])
@@ -135,8 +134,7 @@ class Brancher(Sampler):
             jobs = []
             for depth in wanted:
                 node = path[depth]
-                at = make_env(str(task.get("env")), _task_id(task.get("task_id")),
-                              **task_options(task))
+                at = _env_of(task)
                 reach(at, recorded[:depth])
                 jobs.append(self._branch_at(tree, node, path[depth + 1], at, depth,
                                             again=node in done_parents))
@@ -194,6 +192,12 @@ class Brancher(Sampler):
         self.stats.nodes += len(created)
         await tree.flush()
         return created
+
+
+def _env_of(task: dict[str, Any]) -> Environment:
+    """The environment of a recorded root's task (its options and recorded fields)."""
+    return env_from_task({**task, "env": str(task.get("env")),
+                          "task_id": _task_id(task.get("task_id"))})
 
 
 def _task_id(value: Any) -> int:

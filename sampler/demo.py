@@ -25,8 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
-from branchpoint.sampler.envs.base import Check, Environment, StepResult, tasks_in_split
-from branchpoint.sampler.envs.registry import make_env
+from branchpoint.sampler.envs.base import Check, Environment, StepResult
+from branchpoint.sampler.envs.registry import get_env, make_env
 from branchpoint.sampler.expert import Decision, Expert, expert_for
 from branchpoint.sampler.fork import fork
 from branchpoint.sampler.record import TreeRecorder
@@ -232,7 +232,8 @@ async def run_demo(log: EventLog, config: DemoConfig,
         have = {t.tree_id for t in await log.list_trees(TreeFilter(env=env_name))}
         pending: list[Event] = []
         scores = report.leaf_scores.setdefault(env_name, [])
-        for task_id in tasks_in_split("train", config.tasks):
+        for task_id in get_env(env_name).select_tasks("train", count=config.tasks,
+                                                      **config.options):
             tree_id = f"demo/{env_name}/{task_id}"
             if tree_id in have:
                 report.skipped += 1

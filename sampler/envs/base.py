@@ -63,12 +63,12 @@ import functools
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self, TypeAlias, TypeVar
 
 import msgspec
 
-from branchpoint.store.builder import make_task
+from branchpoint.store.builder import make_task, task_options
 
 # the split function lives in the store (light, shared with its tree filters)
 from branchpoint.store.splits import SPLITS, Split, split_of
@@ -155,6 +155,8 @@ class Check(msgspec.Struct, frozen=True):
     score: float
     success: bool
     subgoals: list[SubGoal]
+    #: More to keep in the score's ``detail`` (e.g. a reward's raw value before mapping).
+    detail: dict[str, Any] | None = None
 
 
 def score_of(subgoals: Sequence[SubGoal]) -> Check:
@@ -278,9 +280,44 @@ class Environment(ABC):
     @property
     def task(self) -> dict[str, Any]:
         """The task object recorded on a tree's root: ``env`` (:attr:`env_name`),
-        ``task_id`` and the options under ``options``
+        ``task_id``, the options under ``options`` and :meth:`task_fields`
         (:func:`branchpoint.store.builder.make_task`)."""
-        return make_task(self.env_name, self.task_id, options=self.options)
+        return make_task(self.env_name, self.task_id, options=self.options,
+                         **self.task_fields())
+
+    def task_fields(self) -> dict[str, Any]:
+        """Reserved task keys (``row``, ``class``, ``url`` ...) this environment records on
+        a root beside its options, so that :meth:`from_task` makes it again without what
+        it was first read from (a file of rows); none by default."""
+        return {}
+
+    @classmethod
+    def from_task(cls, task: Mapping[str, Any]) -> Self:
+        """The environment of a recorded root's ``task``, not yet reset: by default
+        ``cls(task_id, **options)``; an environment that records :meth:`task_fields`
+        reads them back here.
+
+        Raises:
+            ValueError: a bad task id or option.
+        """
+        return cls(task["task_id"], **task_options(task))
+
+    @classmethod
+    def select_tasks(cls, split: Split, *, count: int | None = None, start: int = 0,
+                     end: int | None = None, **options: Any) -> list[int]:
+        """The task ids of ``split``: the first ``count`` at or after ``start``, or those
+        in ``[start, end)``. By default every non-negative id is a task and the split is
+        :func:`split_of`'s hash; an environment with a finite list of tasks (rows of a
+        file) returns fewer when the list ends first.
+
+        Raises:
+            ValueError: neither ``count`` nor ``end`` given, or a bad option.
+        """
+        if end is not None:
+            return [t for t in range(start, end) if split_of(t) == split]
+        if count is None:
+            raise ValueError("select_tasks needs a count or an end")
+        return tasks_in_split(split, count, start)
 
     def fresh(self) -> Self:
         """A new environment of the same task and name, not yet reset."""

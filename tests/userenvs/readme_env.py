@@ -52,3 +52,22 @@ def faq(folder: Path) -> Iterator[str]:
     """The README's stateless-tools example importable; yields its import path."""
     with saved(folder, "faq", "# faq.py") as module:
         yield f"{module}:FaqEnv"
+
+
+def readme_rows() -> str:
+    """The README's rows file (its one ``jsonl`` block)."""
+    blocks = re.findall(r"```jsonl\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    if len(blocks) != 1:
+        raise LookupError(f"expected one jsonl block in the README, found {len(blocks)}")
+    return str(blocks[0])
+
+
+@contextmanager
+def support_tools(folder: Path) -> Iterator[list[str]]:
+    """The README's TRL-style class and rows saved as a user would; yields the options
+    (``KEY=VALUE`` strings) that name them, with the reward and its range."""
+    rows = folder / "rows.jsonl"
+    rows.write_text(readme_rows(), encoding="utf-8")
+    with saved(folder, "support_tools", "# support_tools.py") as module:
+        yield [f"class={module}:SupportTools", f"tasks_file={rows}",
+               f"reward={module}:refund_reward", "reward_range=-1:1"]
