@@ -8,6 +8,7 @@ import contextlib
 import sys
 import time
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -89,18 +90,20 @@ async def _progress(stats: Any, done: asyncio.Event, tty: bool) -> None:
 
 
 async def _run(db: str, config: Any, base_url: str, *, action_format: str,  # noqa: PLR0915
-               quiet: bool, api_key: str, lease_seconds: float) -> int:
+               quiet: bool, api_key: str, lease_seconds: float, judge: Any = None) -> int:
     from branchpoint.sampler.claims import open_claims
     from branchpoint.sampler.envs.registry import make_env
     from branchpoint.sampler.grow import RunStats, run_name, sample_run
     from branchpoint.sampler.policy import ChatPolicy
     from branchpoint.store.exports import ExportOptions, compute_stats
-    from branchpoint.store.log import open_log
+    from branchpoint.store.log import TreeFilter, open_log
 
     policy = ChatPolicy(base_url, config.model, config.sampling, api_key=api_key)
     try:
         # Everything that can be refused is checked before the store is touched.
         info = await policy.check()
+        if judge is not None:
+            await judge.policy.check()
         probe = make_env(config.env, config.tasks[0], **config.options)
         try:
             opening = probe.reset()
@@ -131,18 +134,21 @@ async def _run(db: str, config: Any, base_url: str, *, action_format: str,  # no
             try:
                 claims = open_claims(db, lease_seconds=lease_seconds)
                 try:
-                    await sample_run(config, policy, log, use_tools=use_tools,
-                                     stats=stats, claims=claims)
+                    outcomes = await sample_run(config, policy, log, use_tools=use_tools,
+                                                stats=stats, claims=claims, judge=judge)
                 finally:
                     await claims.close()
             finally:
                 done.set()
                 if shown is not None:
                     await shown
-            pairs = None
+            pairs: int | None = 0
             try:
-                report = await compute_stats(log, ExportOptions())
-                pairs = getattr(report, "pairs", None)
+                # The pairs of the trees sampled here, with the export's default options.
+                for outcome in outcomes:
+                    report = await compute_stats(log, ExportOptions(
+                        where=TreeFilter(tree_id=outcome.tree_id)))
+                    pairs = (pairs or 0) + int(report.get("pairs") or 0)
             except BranchpointError:
                 pairs = None
             _summary(stats, pairs)
@@ -150,6 +156,8 @@ async def _run(db: str, config: Any, base_url: str, *, action_format: str,  # no
             await log.close()
     finally:
         await policy.close()
+        if judge is not None:
+            await judge.close()
     return 0
 
 
@@ -166,7 +174,7 @@ def _summary(stats: Any, pairs: Any) -> None:
                f"{stats.requests}; completion tokens: {stats.completion_tokens} "
                f"({rate:.0f}/s); wall time: {stats.seconds:.1f} s")
     if pairs is not None:
-        typer.echo(f"pairs in the store: {pairs}")
+        typer.echo(f"pairs in the trees sampled here: {pairs}")
     typer.echo(f"errors: {errors}")
 
 
@@ -214,6 +222,14 @@ def register(app: typer.Typer) -> None:
             "--lease-seconds", min=1.0,
             help="How long a claimed task stays this worker's without renewal (renewed "
                  "every third of it while the worker lives).")] = 300.0,
+        judge_base_url: Annotated[str | None, typer.Option(
+            "--judge-base-url", help="Also score leaves with an LLM judge at this endpoint "
+                                     "(a `judge` score: partial credit and a rationale).")
+        ] = None,
+        judge_model: Annotated[str | None, typer.Option("--judge-model")] = None,
+        rubric: Annotated[Path | None, typer.Option(
+            "--rubric", help="The judge's rubric (a text file; default: a built-in one).")
+        ] = None,
         quiet: Annotated[bool, typer.Option("--quiet", help="No progress display.")
                          ] = False,
     ) -> None:
@@ -246,10 +262,22 @@ def register(app: typer.Typer) -> None:
             action_format=action_format.value,
             tree_node_budget=tree_node_budget, tree_token_budget=tree_token_budget,
             run_token_budget=run_token_budget, run=run)
+        judge = None
+        if (judge_base_url is None) != (judge_model is None):
+            raise fail("--judge-base-url and --judge-model go together")
+        if judge_base_url and judge_model:
+            from branchpoint.sampler.judge import DEFAULT_RUBRIC, Judge
+
+            try:
+                text = rubric.read_text() if rubric else DEFAULT_RUBRIC
+            except OSError as exc:
+                raise fail(f"--rubric {rubric}: {exc.strerror}") from None
+            judge = Judge(judge_base_url, judge_model, text)
         started = time.monotonic()
         try:
             asyncio.run(_run(db, config, base_url, action_format=action_format.value,
-                             quiet=quiet, api_key=api_key, lease_seconds=lease_seconds))
+                             quiet=quiet, api_key=api_key, lease_seconds=lease_seconds,
+                             judge=judge))
         except EndpointUnusable as exc:
             raise fail(f"{exc} (nothing was stored)") from None
         except BranchpointError as exc:

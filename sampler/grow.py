@@ -55,6 +55,7 @@ from branchpoint.sampler.claims import Claims
 from branchpoint.sampler.envs.base import Check, Environment, StepResult
 from branchpoint.sampler.envs.registry import env_from_task, make_env
 from branchpoint.sampler.fork import fork
+from branchpoint.sampler.judge import Judge
 from branchpoint.sampler.policy import ChatPolicy, Sampling, seed_for, text_opening
 from branchpoint.store.builder import TreeBuilder, make_task
 from branchpoint.store.errors import (
@@ -165,6 +166,7 @@ class _Tree:
     requests_seen: set[str]
     lines: dict[str, str] = field(default_factory=dict)  # node id -> meta.line
     reserved: int = 0  # candidates asked for and not yet created
+    judged: set[str] = field(default_factory=set)
     ended_by: set[str] = field(default_factory=set)
     budget_hit: bool = False
 
@@ -211,8 +213,10 @@ class Sampler:
     """Grows the trees of one run. ``policy`` proposes steps; ``log`` stores them."""
 
     def __init__(self, config: SampleConfig, policy: ChatPolicy, log: EventLog, *,
-                 use_tools: bool, stats: RunStats | None = None) -> None:
+                 use_tools: bool, stats: RunStats | None = None,
+                 judge: Judge | None = None) -> None:
         self.config = config
+        self.judge = judge
         self.policy = policy
         self.log = log
         self.use_tools = use_tools
@@ -254,6 +258,8 @@ class Sampler:
             builder = TreeBuilder(tree_id, writer=self.config.writer)
         scored, tokens, seen, lines = _stored_state(events)
         tree = _Tree(tree_id, builder, self.log, asyncio.Lock(), scored, tokens, seen, lines)
+        tree.judged = {ev.payload.node_id for ev in events
+                       if isinstance(ev.payload, ScoreAssigned) and ev.payload.source == "judge"}
         env = self._make_env(task_id, builder)
         self.stats.trees_running += 1
         try:
@@ -440,20 +446,38 @@ class Sampler:
 
     async def _leaf(self, tree: _Tree, node: str, env: Environment, end: str, *,
                     extra: dict[str, Any] | None = None) -> None:
+        """Score a leaf: the environment's check as a ``checker`` score, and the judge's
+        verdict as a ``judge`` score when there is a judge (each once per leaf)."""
         self.stats.leaves += 1
-        if node in tree.scored:
-            return
-        check = env.check()
-        if end == "done" and getattr(env, "steps", 0) >= getattr(env, "max_steps", 1 << 30) \
-                and not check.success:
-            end = "step_limit"
-        detail = _check_detail(check, end)
-        if extra:
-            detail.update(extra)
-        tree.builder.score(node, min(1.0, max(0.0, check.score)), source="checker",
-                           detail=detail)
-        tree.scored.add(node)
-        await tree.flush(self.stats)
+        if node not in tree.scored:
+            try:
+                check: Check | None = env.check()
+            except NotImplementedError:
+                if self.judge is None:
+                    raise
+                check = None  # an environment without a checker: the judge alone
+            if check is not None:
+                if end == "done" and not check.success \
+                        and getattr(env, "steps", 0) >= getattr(env, "max_steps", 1 << 30):
+                    end = "step_limit"
+                detail = _check_detail(check, end)
+                if extra:
+                    detail.update(extra)
+                tree.builder.score(node, min(1.0, max(0.0, check.score)), source="checker",
+                                   detail=detail)
+            tree.scored.add(node)
+            await tree.flush(self.stats)
+        if self.judge is not None and node not in tree.judged:
+            verdict = await self.judge.verdict(tree.builder.state.conversation(node))
+            tree.judged.add(node)
+            if verdict is None:
+                self.stats.error("judge_unparsed")
+                return
+            tree.builder.score(node, verdict.score, source="judge",
+                               detail={"rationale": verdict.rationale, "end": end,
+                                       "model": self.judge.model,
+                                       "rubric": self.judge.rubric_hash})
+            await tree.flush(self.stats)
 
 
 async def _all(jobs: Sequence[Coroutine[Any, Any, None]]) -> None:
@@ -475,7 +499,7 @@ async def _all(jobs: Sequence[Coroutine[Any, Any, None]]) -> None:
 
 async def sample_run(config: SampleConfig, policy: ChatPolicy, log: EventLog, *,
                      use_tools: bool, stats: RunStats | None = None,
-                     claims: Claims | None = None,
+                     claims: Claims | None = None, judge: Judge | None = None,
                      on_tree: Callable[[TreeOutcome], None] | None = None
                      ) -> list[TreeOutcome]:
     """Grow every task's tree, ``config.concurrency`` trees at a time.
@@ -484,7 +508,7 @@ async def sample_run(config: SampleConfig, policy: ChatPolicy, log: EventLog, *,
     worker on the same store (see :mod:`branchpoint.sampler.claims`), and the run ends when
     no tree is left that this worker could claim.
     """
-    sampler = Sampler(config, policy, log, use_tools=use_tools, stats=stats)
+    sampler = Sampler(config, policy, log, use_tools=use_tools, stats=stats, judge=judge)
     sampler.stats.trees_total = len(config.tasks)
     outcomes: list[TreeOutcome] = []
 

@@ -81,25 +81,18 @@ class Sink(Protocol):
 
 
 def _rejections_of(exc: InvalidEvent, n: int) -> Refused:
-    """The store's whole-batch report when it has one, else its first bad event."""
-    report = getattr(exc, "report", None)
-    if report:
-        out = []
-        for r in report:
-            item: dict[str, Any] = r if isinstance(r, dict) else {
-                k: getattr(r, k, None) for k in ("index", "line", "reason", "field",
-                                                 "depends_on")}
-            idx, line, dep = item.get("index"), item.get("line"), item.get("depends_on")
-            if idx is None and isinstance(line, int):
-                idx = line - 1
-            if not isinstance(idx, int):
-                continue
-            out.append(Rejection(idx, str(item.get("reason")), item.get("field"),
-                                 dep if isinstance(dep, int) else None))
-        if out:
-            return Refused(out, complete=True)
-    idx = (exc.line - 1) if exc.line is not None and 0 < exc.line <= n else 0
-    return Refused([Rejection(idx, exc.reason, exc.field)], complete=False)
+    """The store's whole-batch report (:attr:`InvalidEvent.problems`): the events refused
+    on their own. Those refused only for an event they depend on are found again by the
+    worker, which names the event each one depends on."""
+    out = []
+    for p in exc.problems:
+        if p.depends_on is not None:
+            continue
+        idx = p.index if p.index is not None else (p.line - 1 if p.line is not None else None)
+        if idx is None or not 0 <= idx < n:
+            return Refused([Rejection(0 if n == 1 else -1, p.reason, p.field)])
+        out.append(Rejection(idx, p.reason, p.field))
+    return Refused(out, complete=True) if out else Refused([Rejection(-1, str(exc))])
 
 
 class SqliteSink:
@@ -198,7 +191,8 @@ def _refusal_from_body(content: bytes, status: int, n: int) -> Refused:
             errors = body["extra"].get("errors")
     out: list[Rejection] = []
     if isinstance(errors, list):
-        causes = [e for e in errors if isinstance(e, dict) and not e.get("dependent")]
+        causes = [e for e in errors if isinstance(e, dict) and not e.get("dependent")
+                  and not e.get("depends_on")]
         # those refused only for an event they depend on are found again by the worker,
         # which names the event each one depends on
         for e in causes or errors:

@@ -46,6 +46,7 @@ def test_sample_grows_and_closes_one_tree_per_task_and_prints_a_summary(tmp_path
         assert result.exit_code == 0, result.output
         assert "trees: 2 in the run, 2 sampled here" in result.output
         assert "closed here: done 2" in result.output
+        assert "pairs in the trees sampled here: 0" in result.output  # one action: no pair
         again = runner.invoke(app, args(db, ep.base_url, "--run", "r1", "--option",
                                         "max_steps=5"))
     assert again.exit_code == 0, again.output

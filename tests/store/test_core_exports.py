@@ -192,6 +192,34 @@ async def test_the_env_filter_keeps_one_environment():
     assert {r["tree_id"] for r in rows} == {"t3"}
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_exports_select_trees_with_the_stores_tree_filter(backend: str,
+                                                                tmp_path: Path):
+    from branchpoint.store.log import TreeFilter
+    from branchpoint.store.splits import split_of
+
+    log = await open_scenario(backend, tmp_path)
+    try:
+        async def trees(fmt: str, where: TreeFilter, **opts: Any) -> set[str]:
+            data = await lines(log, fmt, where=where, with_metadata=True, **opts)
+            rows = [json.loads(x) for x in data.splitlines()]
+            return {r.get("tree_id") or r["metadata"]["tree_id"] for r in rows}
+
+        assert await trees("dpo", TreeFilter(tree_id="t2")) == {"t2"}
+        assert await trees("dpo", TreeFilter(tree_id="t2", env="shop")) == set()
+        # t1 and t2 are task 1 of fs (an integer id: its split is split_of(1)); t3's
+        # task id is a string, so t3 belongs to no split
+        fs_split = split_of(1)
+        assert await trees("dpo", TreeFilter(split=fs_split)) == {"t1", "t2"}
+        other = next(s for s in ("train", "validation", "heldout") if s != fs_split)
+        assert await trees("dpo", TreeFilter(split=other)) == set()
+        assert await lines(log, "trajectory-pairs", where=TreeFilter(split=other)) == b""
+        with pytest.raises(ValueError, match="two environments"):
+            await lines(log, "dpo", where=TreeFilter(env="fs"), env="shop")
+    finally:
+        await log.close()
+
+
 async def test_judge_weight_and_sources_change_which_pairs_are_made():
     log = await memory_log(*scenario())
     stats = await compute_stats(log, ExportOptions(env="shop"))
