@@ -175,3 +175,51 @@ def test_branch_grows_a_recorded_trajectory_from_the_recorded_row(
     scores = {e.node_id: e.value for e in events if isinstance(e, ScoreAssigned)}
     assert scores[node] == pytest.approx(0.9)  # the recorded leaf: 4 of 5 refunded
     assert 1.0 in scores.values()  # an alternative refunded the 5 asked for
+
+
+LOOKUP = '''
+class Lookup:
+    stateless = True  # the tools change nothing: forks copy the conversation
+
+    def reset(self, **row):
+        self.facts = row["facts"]
+
+    def lookup(self, key: str) -> str:
+        """Look a fact up.
+
+        Args:
+            key: The fact's name.
+        """
+        return self.facts.get(key, "unknown")
+
+
+def says_answer(prompts, completions, answer, **kwargs):
+    return [float(any(m["role"] == "assistant" and want in (m.get("content") or "")
+                      for m in c)) for c, want in zip(completions, answer)]
+'''
+
+
+def test_a_stateless_class_forks_by_copying_the_conversation_and_scores_from_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "lookup_tools.py").write_text(LOOKUP)
+    (tmp_path / "facts.jsonl").write_text(json.dumps(
+        {"prompt": "What is the answer?", "facts": {"answer": "42"}, "answer": "42"}) + "\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    env = make_env("trl", 0, **{"class": "lookup_tools:Lookup", "reward":
+                                "lookup_tools:says_answer",
+                                "tasks_file": str(tmp_path / "facts.jsonl")})
+    assert env.fork_mode == "stateless"
+    env.reset()
+    assert env.step(call("lookup", key="answer")).observation[0]["content"] == "42"
+    cls = type(env.instance)
+
+    def no_tools(*args: Any) -> Any:
+        raise AssertionError("a stateless fork ran a tool")
+
+    monkeypatch.setattr(cls, "lookup", no_tools)
+    child = fork(env)
+    assert child.history == env.history
+    monkeypatch.undo()
+    assert child.check().score == 0.0
+    assert child.step({"role": "assistant", "content": "It is 42."}).done
+    assert child.check().score == 1.0 and env.check().score == 0.0
