@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from branchpoint.cli.main import fail, sqlite_file, store_url
+from branchpoint.cli.options import EnvOptions, ExpertFormat, parse_options
 from branchpoint.store.errors import BranchpointError
 
 
@@ -152,6 +153,23 @@ def _run_model(out: Path, settings: object, fresh: bool, quiet: bool) -> None:
                f"{report['look_at_trees']}")
 
 
+def _checked(env: list[str] | None, option: list[str] | None, policy: Policy,
+             action_format: ExpertFormat | None) -> dict[str, Any]:
+    """The environment options, once the names and flags are known good (errors exit)."""
+    from branchpoint.sampler.envs.registry import get_env
+
+    try:
+        for name in env or ():  # before anything is created
+            get_env(name)
+        options = parse_options(option)
+    except (BranchpointError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    if policy is Policy.model and action_format is not None:
+        raise fail("--action-format applies to --policy expert (the model pipeline picks "
+                   "its own)")
+    return options
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def demo(  # noqa: PLR0917 - Typer reads options from the parameters
@@ -199,6 +217,10 @@ def register(app: typer.Typer) -> None:
             "--fresh", help="model: start over instead of reusing finished stages.")
         ] = False,
         quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+        option: EnvOptions = None,
+        action_format: Annotated[ExpertFormat | None, typer.Option(
+            "--action-format", help="expert: the expert answers in text commands or tool "
+            "calls (default: each environment's).")] = None,
     ) -> None:
         """The end-to-end demo. --policy model (default): build a small model, SFT it on
         erring expert demonstrations, serve it, sample trees on training tasks, export
@@ -209,11 +231,7 @@ def register(app: typer.Typer) -> None:
         export, printing the export command that reproduces it (runs/expert)."""
         from branchpoint.sampler.envs.registry import get_env
 
-        try:
-            for name in env or ():  # before anything is created
-                get_env(name)
-        except BranchpointError as exc:
-            raise fail(str(exc)) from None
+        options = _checked(env, option, policy, action_format)
         if policy is Policy.model:
             from branchpoint.train.deps import missing_train_modules, require_train
 
@@ -245,7 +263,8 @@ def register(app: typer.Typer) -> None:
                                     eval_tasks=eval_tasks, eval_samples=eval_samples,
                                     eval_split=eval_split, dpo=dpo, sft=sft,
                                     sft_demos=sft_demos or base.sft_demos,
-                                    options=base.options if names[0] == "fs" else {},
+                                    options={**(base.options if names[0] == "fs" else {}),
+                                             **options},
                                     model=base.model if names[0] == "fs" else
                                     type(base.model)(envs=(names[0],)))
             try:
@@ -257,7 +276,8 @@ def register(app: typer.Typer) -> None:
 
         config = DemoConfig(envs=tuple(env or ("fs", "shop")), tasks=tasks, mistakes=mistakes,
                             branch_points=branch_points, branches=branches,
-                            rollouts=rollouts)
+                            rollouts=rollouts, options=options,
+                            action_format=action_format and action_format.value)
         out = out or Path("runs/expert")
         url = store_url(db) if db else f"sqlite:///{(out / 'branchpoint.db').as_posix()}"
         try:

@@ -1,14 +1,17 @@
 """``branchpoint envs`` and ``branchpoint env play``: list environments, play a task.
 
 ``env play`` plays one task in the terminal: typed commands in the environment's text
-syntax (``ls /docs``) or JSON assistant messages, the scripted expert (``--expert``), or a
+syntax (``ls /docs``; for a free-text environment, any text, taken as it is) or JSON
+assistant messages, the scripted expert (``--expert``), or a
 file of actions (``--actions FILE``, one per line: a line starting with ``{`` is a JSON
 assistant message, any other non-blank line the text syntax; play stops at the end of the
-file or when the episode ends and never reads stdin). At the end it shows the check with
+file or when the episode ends and never reads stdin). ``--option KEY=VALUE`` sets
+environment options; ``--action-format text|tools`` picks the expert's format where the
+environment has both. At the end it shows the check with
 its sub-goals. ``--json`` prints exactly one JSON object instead and exits 0 whatever the
 score::
 
-    {"env", "task_id", "transcript": [{"action", "observation", "done"}],
+    {"env", "task_id", "options", "transcript": [{"action", "observation", "done"}],
      "done", "score", "success", "subgoals": [{"name", "met", "weight"}]}
 """
 
@@ -22,6 +25,7 @@ from typing import Annotated, Any
 import typer
 
 from branchpoint.cli.main import fail, given, usage_error
+from branchpoint.cli.options import EnvOptions, ExpertFormat, parse_options
 from branchpoint.store.errors import UnknownEnvironment
 
 __all__ = ["register"]
@@ -74,9 +78,38 @@ def _check_modes(ctx: typer.Context, *, expert: bool, actions: Path | None) -> N
     """Refuse options of one way of playing given with another (usage errors, exit 2)."""
     if expert and actions is not None:
         raise usage_error(ctx, "--expert and --actions cannot be combined")
-    for name, flag in (("mistakes", "--mistakes"), ("seed", "--seed")):
+    for name, flag in (("mistakes", "--mistakes"), ("seed", "--seed"),
+                       ("action_format", "--action-format")):
         if given(ctx, name) and not expert:
             raise usage_error(ctx, f"{flag} applies only with --expert")
+
+
+def _make(ctx: typer.Context, env_name: str, task: int, option: list[str] | None,
+          difficulty: str | None) -> tuple[dict[str, Any], Any]:
+    """The options and the environment ``env play`` was asked for (errors exit)."""
+    from branchpoint.sampler.envs.registry import make_env
+
+    try:
+        options = parse_options(option)
+    except ValueError as exc:
+        raise usage_error(ctx, str(exc)) from None
+    if difficulty is not None:
+        options["difficulty"] = difficulty
+    try:
+        return options, make_env(env_name, task, **options)
+    except (UnknownEnvironment, ValueError, TypeError) as exc:
+        raise fail(str(exc)) from None
+
+
+def _show_opening(env: Any, start: Any) -> None:
+    from branchpoint.sampler.envs.base import usage
+
+    for m in start.messages:
+        typer.echo(f"[{m['role']}] {_content(m)}")
+    if env.free_text or not start.tools:
+        typer.echo("free text: each line you type is one message, as it is")
+    else:
+        typer.echo("commands: " + "; ".join(usage(t) for t in start.tools))
 
 
 def register(app: typer.Typer) -> None:
@@ -104,27 +137,29 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")
                            ] = False,
         difficulty: Annotated[str | None, typer.Option(
-            "--difficulty", help="The environment's difficulty option.")] = None,
+            "--difficulty", help="The environment's difficulty option (the same as "
+            "--option difficulty=VALUE).")] = None,
+        option: EnvOptions = None,
+        action_format: Annotated[ExpertFormat | None, typer.Option(
+            "--action-format", help="With --expert: answer in text commands or tool calls "
+            "(default: the environment's).")] = None,
     ) -> None:
         """Play one task and show its check with the sub-goals."""
-        from branchpoint.sampler.envs.base import usage
-        from branchpoint.sampler.envs.registry import make_env
-
         _check_modes(ctx, expert=expert, actions=actions)
-        options = {} if difficulty is None else {"difficulty": difficulty}
-        try:
-            env = make_env(env_name, task, **options)
-        except (UnknownEnvironment, ValueError, TypeError) as exc:
-            raise fail(str(exc)) from None
+        options, env = _make(ctx, env_name, task, option, difficulty)
         try:
             start = env.reset()
             messages = list(start.messages)
             if not as_json:
-                for m in start.messages:
-                    typer.echo(f"[{m['role']}] {_content(m)}")
-                typer.echo("commands: " + "; ".join(usage(t) for t in start.tools))
+                _show_opening(env, start)
             if expert:
-                policy = env.expert(mistakes=mistakes, seed=seed)
+                from branchpoint.sampler.expert import expert_for
+
+                try:
+                    policy = expert_for(env, mistakes=mistakes, seed=seed,
+                                        action_format=action_format and action_format.value)
+                except (ValueError, NotImplementedError) as exc:
+                    raise fail(str(exc)) from None
                 source: Iterator[dict[str, Any]] = iter(lambda: policy.act(messages), None)
             elif actions is not None:
                 source = _file_actions(actions)
@@ -151,7 +186,8 @@ def register(app: typer.Typer) -> None:
         subgoals = [{"name": g.name, "met": g.met, "weight": g.weight} for g in check.subgoals]
         if as_json:
             typer.echo(json.dumps({
-                "env": env_name, "task_id": task, "transcript": transcript, "done": done,
+                "env": env_name, "task_id": task, "options": options,
+                "transcript": transcript, "done": done,
                 "score": check.score, "success": check.success, "subgoals": subgoals}))
             return
         typer.echo(f"\nscore {check.score:.3f}  success {str(check.success).lower()}  "

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sys
 import time
 from enum import StrEnum
@@ -15,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from branchpoint.cli.main import DbOption, fail
+from branchpoint.cli.options import ActionFormat, EnvOptions, parse_options
 from branchpoint.store.errors import BranchpointError, EndpointUnusable
 
 
@@ -24,27 +24,26 @@ class Strategy(StrEnum):
     episodes = "episodes"
 
 
-class ActionFormat(StrEnum):
-    auto = "auto"
-    text = "text"
-    tools = "tools"
-
-
 class Split(StrEnum):
     train = "train"
     validation = "validation"
     heldout = "heldout"
 
 
-def parse_tasks(spec: str, split: str) -> list[int]:
+def parse_tasks(spec: str, split: str, env: Any = None,
+                options: dict[str, Any] | None = None) -> list[int]:
     """``N`` (the first N task ids of the split) or ``START:END`` (ids in that range that
-    fall in the split, END excluded).
+    fall in the split, END excluded), as the environment class ``env`` selects them
+    (:meth:`~branchpoint.sampler.envs.base.Environment.select_tasks`; default: every id,
+    split by hash). An environment with a finite list of tasks may return fewer than N.
 
     Raises:
-        ValueError: the spec is neither.
+        ValueError: the spec is neither, or the environment refuses its options.
     """
-    from branchpoint.sampler.envs.base import split_of, tasks_in_split
+    from branchpoint.sampler.envs.base import Environment
 
+    cls = env or Environment
+    options = options or {}
     text = spec.strip()
     if ":" in text:
         a, _, b = text.partition(":")
@@ -54,32 +53,14 @@ def parse_tasks(spec: str, split: str) -> list[int]:
             raise ValueError(f"--tasks {spec!r}: a range is START:END of integers") from None
         if start < 0 or end < start:
             raise ValueError(f"--tasks {spec!r}: need 0 <= START <= END")
-        return [t for t in range(start, end) if split_of(t) == split]
+        return list(cls.select_tasks(split, start=start, end=end, **options))  # type: ignore[arg-type]
     try:
         count = int(text)
     except ValueError:
         raise ValueError(f"--tasks {spec!r}: give a count N or a range START:END") from None
     if count < 1:
         raise ValueError(f"--tasks {spec!r}: the count must be at least 1")
-    return tasks_in_split(split, count)  # type: ignore[arg-type]
-
-
-def parse_options(items: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs; the value read as JSON when it parses, else as a string.
-
-    Raises:
-        ValueError: an item without ``=``.
-    """
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--option {item!r}: expected KEY=VALUE")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+    return list(cls.select_tasks(split, count=count, **options))  # type: ignore[arg-type]
 
 
 def _line(stats: Any) -> str:
@@ -129,6 +110,10 @@ async def _run(db: str, config: Any, base_url: str, *, action_format: str,  # no
         finally:
             probe.close()
         use_tools = False
+        if not opening.tools and action_format == "tools":
+            raise EndpointUnusable(f"{config.env!r} offers no tools (its actions are free "
+                                   "text): use --action-format text or auto",
+                                   kind="no_tools")
         if opening.tools and action_format != "text":
             use_tools = await policy.accepts_tools(opening.messages, opening.tools)
             if not use_tools and action_format == "tools":
@@ -226,9 +211,7 @@ def register(app: typer.Typer) -> None:
         action_format: Annotated[ActionFormat, typer.Option(
             "--action-format", help="auto: tool calls when the server takes them, else "
                                     "text commands.")] = ActionFormat.auto,
-        option: Annotated[list[str] | None, typer.Option(
-            "--option", help="Environment option KEY=VALUE (JSON value, else a string); "
-                             "repeatable.")] = None,
+        option: EnvOptions = None,
         split: Annotated[Split, typer.Option("--split")] = Split.train,
         run: Annotated[str | None, typer.Option(
             "--run", help="Run name (default: a hash of the settings that shape a tree).")
@@ -258,13 +241,15 @@ def register(app: typer.Typer) -> None:
         from branchpoint.sampler.policy import Sampling
 
         try:
-            get_env(env)
-            task_ids = parse_tasks(tasks, split.value)
             options = parse_options(option or [])
-        except (ValueError, LookupError) as exc:
+            task_ids = parse_tasks(tasks, split.value, get_env(env), options)
+        except (ValueError, LookupError, OSError) as exc:
             raise fail(str(exc)) from None
         if not task_ids:
             raise fail(f"--tasks {tasks!r} holds no {split.value} task")
+        if tasks.strip().isdigit() and len(task_ids) < int(tasks):
+            typer.echo(f"--tasks {tasks}: {env} has only {len(task_ids)} {split.value} "
+                       f"tasks; sampling those", err=True)
         if "/" in (run or ""):
             raise fail("--run must not contain '/'")
         config = SampleConfig(

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from branchpoint.cli.main import fail
+from branchpoint.cli.options import option_value
 from branchpoint.store.errors import BranchpointError
 
 __all__ = ["parse_options", "register"]
@@ -43,10 +44,7 @@ def parse_options(raw: list[str] | None, envs: list[str]) -> dict[str, dict[str,
         if colon and scope not in out:
             raise ValueError(f"--option {item!r} names environment {scope!r}, which is not "
                              f"among --env {', '.join(envs)}")
-        try:
-            parsed: Any = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
+        parsed = option_value(value)
         for env in targets:
             out[env][name] = parsed
     return out

@@ -6,13 +6,17 @@ node's first child down to a leaf (what the SDK, the proxy, MCP or ``ingest`` re
 The whole path is replayed first in a fresh environment of the root's task
 (:func:`branchpoint.sampler.replay.replay`, strict: every observation must be the recorded
 one); a path that diverges is reported with the step and the difference and its tree is
-left untouched. Then at each selected depth (every step by default; ``from_depth`` or
-``steps`` narrow it) the environment is rebuilt by replaying the path up to there, ``n``
-alternatives are sampled from the conversation as recorded (its tools and opening
-messages, so a text-mode recording stays in text mode), the alternatives identical to the
-recorded next step are dropped, and each other one is run in its own fork and continued
-with the policy to the end of the episode (``rollouts`` times when more than one). Leaves
-get the environment's check as a ``checker`` score, the recorded leaf too when it has none.
+left untouched. An environment that declares its tools stateless (``fork_mode =
+"stateless"``) is not replayed: it adopts the recorded steps as they are
+(:func:`branchpoint.sampler.replay.reach`), so its recordings branch from any step even
+when their tool results can no longer be reproduced. Then at each selected depth (every
+step by default; ``from_depth`` or ``steps`` narrow it) the environment is rebuilt by
+replaying the path up to there, ``n`` alternatives are sampled from the conversation as
+recorded (its tools and opening messages, so a text-mode recording stays in text mode),
+the alternatives identical to the recorded next step are dropped, and each other one is
+run in its own fork and continued with the policy to the end of the episode (``rollouts``
+times when more than one). Leaves get the environment's check as a ``checker`` score, the
+recorded leaf too when it has none.
 
 New nodes carry ``meta.branch_run`` (the run's name): a branching point that already has
 children of this run is not sampled again, only finished (nodes not run are run, leaves
@@ -30,13 +34,13 @@ from typing import Any
 
 from branchpoint.sampler.claims import Claims
 from branchpoint.sampler.envs.base import Environment
-from branchpoint.sampler.envs.registry import make_env
+from branchpoint.sampler.envs.registry import env_from_task
 from branchpoint.sampler.fork import fork
 from branchpoint.sampler.grow import RunStats, SampleConfig, Sampler, _all, _stored_state, _Tree
 from branchpoint.sampler.policy import ChatPolicy
-from branchpoint.sampler.replay import RecordedStep, replay
+from branchpoint.sampler.replay import RecordedStep, reach
 from branchpoint.store.actions import same_action
-from branchpoint.store.builder import TreeBuilder, TreeState, replay_path, task_options
+from branchpoint.store.builder import TreeBuilder, TreeState, replay_path
 from branchpoint.store.errors import (
     ContextOverflow,
     EndpointError,
@@ -103,14 +107,13 @@ class Brancher(Sampler):
         while len(path) > 1 and state.nodes[path[-1]].observation is None:
             path.pop()
         try:
-            env = make_env(str(task.get("env")), _task_id(task.get("task_id")),
-                           **task_options(task))
+            env = _env_of(task)
         except (UnknownEnvironment, ValueError, TypeError) as exc:
             return BranchOutcome(tree_id, "skipped", message=str(exc))
         rec = replay_path(state, path[-1])
         recorded = [RecordedStep(s.action, s.observation or [], s.done) for s in rec.steps]
         try:
-            replay(env, recorded)  # the whole path first: a divergence touches nothing
+            reach(env, recorded)  # the whole path first: a divergence touches nothing
         except ReplayDivergence as exc:
             env.close()
             self.stats.error("replay_divergence")
@@ -131,9 +134,8 @@ class Brancher(Sampler):
             jobs = []
             for depth in wanted:
                 node = path[depth]
-                at = make_env(str(task.get("env")), _task_id(task.get("task_id")),
-                              **task_options(task))
-                replay(at, recorded[:depth])
+                at = _env_of(task)
+                reach(at, recorded[:depth])
                 jobs.append(self._branch_at(tree, node, path[depth + 1], at, depth,
                                             again=node in done_parents))
             await _all(jobs)  # the branching points go on together
@@ -190,6 +192,12 @@ class Brancher(Sampler):
         self.stats.nodes += len(created)
         await tree.flush()
         return created
+
+
+def _env_of(task: dict[str, Any]) -> Environment:
+    """The environment of a recorded root's task (its options and recorded fields)."""
+    return env_from_task({**task, "env": str(task.get("env")),
+                          "task_id": _task_id(task.get("task_id"))})
 
 
 def _task_id(value: Any) -> int:

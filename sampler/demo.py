@@ -25,12 +25,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
-from branchpoint.sampler.envs.base import Check, Environment, StepResult, tasks_in_split
-from branchpoint.sampler.envs.registry import make_env
-from branchpoint.sampler.expert import Decision
+from branchpoint.sampler.envs.base import Check, Environment, StepResult
+from branchpoint.sampler.envs.registry import get_env, make_env
+from branchpoint.sampler.expert import Decision, Expert, expert_for
 from branchpoint.sampler.fork import fork
 from branchpoint.sampler.record import TreeRecorder
 from branchpoint.store.actions import same_action
+from branchpoint.store.builder import make_task
 from branchpoint.store.events import Event
 from branchpoint.store.exports import ExportOptions
 from branchpoint.store.log import EventLog, TreeFilter
@@ -51,6 +52,8 @@ class DemoConfig:
     branches: int = 3  # candidates drawn per fork
     rollouts: int = 4  # continuations of each candidate
     batch_trees: int = 25  # trees per atomic append
+    options: dict[str, Any] = field(default_factory=dict)  # every environment's options
+    action_format: str | None = None  # the expert's: text, tools, None (its default)
 
     def __post_init__(self) -> None:
         if self.rollouts < 1:
@@ -83,12 +86,17 @@ class _Step:
     drawn: bool  # the expert chose this step here (False: replayed to reach a fork)
 
 
-def _play(env: Environment, messages: list[dict[str, Any]], *, seed: str, mistakes: float,
+def _expert(env: Environment, config: DemoConfig, seed: str) -> Expert:
+    return expert_for(env, mistakes=config.mistakes, seed=seed,
+                      action_format=config.action_format)
+
+
+def _play(env: Environment, messages: list[dict[str, Any]], *, seed: str, config: DemoConfig,
           on_step: Callable[[int, Environment, list[dict[str, Any]]], None] | None = None,
           first: tuple[Decision, str, bool] | None = None) -> list[_Step]:
     """Let the expert play ``env`` to the end; returns its steps. ``first``: the first step
     is this candidate ``(decision, its seed, whether it counts as drawn here)``."""
-    expert = env.expert(mistakes=mistakes, seed=seed)
+    expert = _expert(env, config, seed)
     steps: list[_Step] = []
     while True:
         if on_step is not None:
@@ -170,13 +178,17 @@ def grow_tree(env_name: str, task_id: int, config: DemoConfig,
     # Every path is played first and recorded after, merged into a trie, so that a node
     # records how many times the expert drew it where it stands.
     trie = _Trie()
-    env = make_env(env_name, task_id)
+    env = make_env(env_name, task_id, **config.options)
     try:
         try:
             opening = env.reset()
             task = env.task
+            if env.free_text or config.action_format is not None:
+                task = make_task(env.env_name, task_id, options=env.options,
+                                 action_format="text" if env.free_text
+                                 else config.action_format)
             main = _play(env, list(opening.messages), seed=f"{task_id}/main",
-                         mistakes=config.mistakes, on_step=keep_fork)
+                         config=config, on_step=keep_fork)
             check = env.check()
             trie.add(main, check)
             scores.append(check.score)
@@ -186,8 +198,7 @@ def grow_tree(env_name: str, task_id: int, config: DemoConfig,
             prefix = [replace(st, drawn=False) for st in main[:index]]
             where = "root" if index == 0 else f"{index}"
             # The candidates: one draw each, with seeds of their own.
-            candidates = [(snapshot.expert(mistakes=config.mistakes, seed=seed)
-                           .decide(messages), seed)
+            candidates = [(_expert(snapshot, config, seed).decide(messages), seed)
                           for seed in (f"{task_id}/{where}/{j}" for j in range(config.branches))]
             for decision, seed in candidates:
                 # Rollout 0 goes on with the candidate's own seed; the others with seeds
@@ -195,7 +206,7 @@ def grow_tree(env_name: str, task_id: int, config: DemoConfig,
                 for r in range(config.rollouts):
                     branch = fork(snapshot)
                     try:
-                        rest = _play(branch, messages, mistakes=config.mistakes,
+                        rest = _play(branch, messages, config=config,
                                      first=(decision, seed, r == 0),
                                      seed=seed if r == 0 else f"{seed}/{r}")
                         check = branch.check()
@@ -221,7 +232,8 @@ async def run_demo(log: EventLog, config: DemoConfig,
         have = {t.tree_id for t in await log.list_trees(TreeFilter(env=env_name))}
         pending: list[Event] = []
         scores = report.leaf_scores.setdefault(env_name, [])
-        for task_id in tasks_in_split("train", config.tasks):
+        for task_id in get_env(env_name).select_tasks("train", count=config.tasks,
+                                                      **config.options):
             tree_id = f"demo/{env_name}/{task_id}"
             if tree_id in have:
                 report.skipped += 1

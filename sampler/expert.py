@@ -26,10 +26,11 @@ against.
 
 from __future__ import annotations
 
+import inspect
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
@@ -41,7 +42,19 @@ from branchpoint.sampler.envs.base import (
     text_of,
 )
 
-__all__ = ["Decision", "Expert", "Turn", "read_turns"]
+if TYPE_CHECKING:
+    from branchpoint.sampler.envs.base import Environment
+
+__all__ = [
+    "Decision",
+    "Expert",
+    "TextExpert",
+    "TextTurn",
+    "Turn",
+    "expert_for",
+    "read_text_turns",
+    "read_turns",
+]
 
 
 class Turn(msgspec.Struct, frozen=True):
@@ -119,19 +132,24 @@ class Expert(ABC):
         turn = sum(1 for m in messages if m.get("role") == "assistant")
         rng = random.Random(f"{self.seed}/{turn}")
         wrong = rng.random() < self.mistakes
-        opening, turns = read_turns(messages, self.tools)
-        call = self.choose(opening, turns, rng, wrong)
+        choice = self._choose_from(messages, rng, wrong)
         mistake = False
         if wrong:
             # The same turn without the error: the same generator state, so a choice that
             # draws from it for other reasons draws the same.
             right_rng = random.Random(f"{self.seed}/{turn}")
             right_rng.random()
-            mistake = call != self.choose(opening, turns, right_rng, False)
-        name, args = call
-        message = assistant_message(name, args, call_id=f"call_{turn}", text=self.text,
-                                    tools=self.tools)
-        return Decision(message, mistake)
+            mistake = choice != self._choose_from(messages, right_rng, False)
+        return Decision(self._message(choice, turn), mistake)
+
+    def _choose_from(self, messages: Sequence[Message], rng: random.Random, wrong: bool) -> Any:
+        opening, turns = read_turns(messages, self.tools)
+        return self.choose(opening, turns, rng, wrong)
+
+    def _message(self, choice: Any, turn: int) -> Message:
+        name, args = choice
+        return assistant_message(name, args, call_id=f"call_{turn}", text=self.text,
+                                 tools=self.tools)
 
     @abstractmethod
     def choose(self, opening: list[Message], turns: list[Turn], rng: random.Random,
@@ -144,3 +162,99 @@ class Expert(ABC):
         """Whether exactly this call was made before and failed (so retrying is useless)."""
         return any(t.call.name == name and t.call.arguments == arguments and not t.ok
                    for t in turns)
+
+
+# --- experts of free-text environments ------------------------------------------------------
+
+
+class TextTurn(msgspec.Struct, frozen=True):
+    """One thing the agent said to a free-text environment and what it answered (the text
+    of the user messages that followed, joined by newlines; ``None`` when none did)."""
+
+    text: str | None
+    output: str | None
+
+
+def read_text_turns(messages: Sequence[Message]) -> tuple[list[Message], list[TextTurn]]:
+    """Split a free-text conversation into its opening messages (before the first assistant
+    message) and what the agent said since, each with the environment's answer."""
+    first = next((i for i, m in enumerate(messages) if m.get("role") == "assistant"),
+                 len(messages))
+    opening = list(messages[:first])
+    turns: list[TextTurn] = []
+    i = first
+    while i < len(messages):
+        msg = messages[i]
+        i += 1
+        if msg.get("role") != "assistant":
+            continue
+        answers: list[str] = []
+        while i < len(messages) and messages[i].get("role") != "assistant":
+            text = text_of(messages[i].get("content"))
+            if text is not None:
+                answers.append(text)
+            i += 1
+        turns.append(TextTurn(text_of(msg.get("content")),
+                              "\n".join(answers) if answers else None))
+    return opening, turns
+
+
+class TextExpert(Expert):
+    """The scripted expert of a free-text environment
+    (:attr:`~branchpoint.sampler.envs.base.Environment.free_text`): it answers with plain
+    text, written by :meth:`say` from the opening messages and the turns so far
+    (:func:`read_text_turns`). Mistakes, seeds and :meth:`decide` work as for
+    :class:`Expert`."""
+
+    def __init__(self, *, mistakes: float = 0.0, seed: int | str = 0) -> None:
+        super().__init__((), mistakes=mistakes, seed=seed, text=True)
+
+    @abstractmethod
+    def say(self, opening: list[Message], turns: list[TextTurn], rng: random.Random,
+            wrong: bool) -> str:
+        """The next thing to say: the right one, or when ``wrong`` a plausible but wrong
+        one drawn with ``rng``."""
+
+    def choose(self, opening: list[Message], turns: list[Turn], rng: random.Random,
+               wrong: bool) -> tuple[str, dict[str, Any]]:
+        """Not used: a text expert says text (:meth:`say`).
+
+        Raises:
+            TypeError: always.
+        """
+        raise TypeError(f"{type(self).__name__} is a TextExpert: it says text with say()")
+
+    def _choose_from(self, messages: Sequence[Message], rng: random.Random, wrong: bool) -> Any:
+        opening, turns = read_text_turns(messages)
+        return self.say(opening, turns, rng, wrong)
+
+    def _message(self, choice: Any, turn: int) -> Message:
+        return {"role": "assistant", "content": str(choice)}
+
+
+def expert_for(env: Environment, *, mistakes: float = 0.0, seed: int | str | None = None,
+               action_format: str | None = None) -> Expert:
+    """``env``'s scripted expert, answering in ``action_format`` (``text`` or ``tools``;
+    ``None``: the environment's default).
+
+    Raises:
+        ValueError: the environment cannot answer in that format (a free-text environment
+            has no tools; an expert whose ``expert()`` takes no ``text`` parameter has one
+            format only), or the format is neither.
+        NotImplementedError: the environment has no expert.
+    """
+    if action_format is None:
+        return env.expert(mistakes=mistakes, seed=seed)
+    if action_format not in ("text", "tools"):
+        raise ValueError(f"action format must be text or tools, got {action_format!r}")
+    if env.free_text:
+        if action_format == "tools":
+            raise ValueError(f"{env.env_name!r} takes free text: it has no tools "
+                             "(action format text only)")
+        return env.expert(mistakes=mistakes, seed=seed)
+    if "text" not in inspect.signature(env.expert).parameters:
+        raise ValueError(f"the expert of {env.env_name!r} has one action format (its "
+                         "expert() takes no text parameter); leave the action format out")
+    expert: Expert = env.expert(mistakes=mistakes, seed=seed,  # type: ignore[call-arg]
+                                text=action_format == "text")
+    return expert

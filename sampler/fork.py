@@ -18,6 +18,10 @@ two branches can go on from the same step without seeing each other:
     :class:`~branchpoint.sampler.envs.base.Environment` (the base class keeps the
     ``history`` it re-runs), and is how recorded trajectories are branched when no live
     state exists.
+``stateless``
+    The environment's tools change nothing (it declares ``fork_mode = "stateless"``): the
+    conversation is the whole state, so a fresh environment adopts the history
+    (:meth:`Environment.adopt`) without running anything again.
 
 The environment's ``fork_mode`` (one of
 :data:`~branchpoint.sampler.envs.base.FORK_MODES`) picks the way when none is asked for.
@@ -44,18 +48,28 @@ def fork(env: Environment, how: ForkMode | None = None) -> Environment:
 
     Raises:
         ValueError: ``how`` is not a way this environment supports (``snapshot`` needs an
-            environment that copies its state; ``replay`` works for all).
+            environment that copies its state, ``stateless`` one that declares it;
+            ``replay`` works for all).
     """
     how = how or env.fork_mode
     if how == "replay":
         from branchpoint.sampler.replay import replay_fork
 
         return replay_fork(env)
+    if how == "stateless":
+        if env.fork_mode != "stateless":
+            raise ValueError(f"{env.env_name!r} environments do not declare their tools "
+                             f"stateless (their fork mode is {env.fork_mode!r})")
+        child = env.fresh()
+        child.reset()
+        child.adopt(env.history)
+        return child
     if how == "sandbox" and env.fork_mode != "sandbox":
         raise ValueError(f"{env.name!r} environments do not run in a sandbox "
                          f"(their fork mode is {env.fork_mode!r})")
     if how not in ("snapshot", "sandbox"):
-        raise ValueError(f"unknown fork mode {how!r}; use snapshot, sandbox or replay")
+        raise ValueError(f"unknown fork mode {how!r}; use snapshot, sandbox, replay or "
+                         "stateless")
     if not env.can_snapshot():
         raise ValueError(f"{env.env_name!r} environments implement no snapshot and restore; "
                          "fork them by replay")

@@ -52,12 +52,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from branchpoint.sampler.claims import Claims
-from branchpoint.sampler.envs.base import Check, Environment
-from branchpoint.sampler.envs.registry import make_env
+from branchpoint.sampler.envs.base import Check, Environment, StepResult
+from branchpoint.sampler.envs.registry import env_from_task, make_env
 from branchpoint.sampler.fork import fork
 from branchpoint.sampler.judge import Judge
 from branchpoint.sampler.policy import ChatPolicy, Sampling, seed_for, text_opening
-from branchpoint.store.builder import TreeBuilder, make_task, task_options
+from branchpoint.store.builder import TreeBuilder, make_task
 from branchpoint.store.errors import (
     ContextOverflow,
     EndpointError,
@@ -181,7 +181,7 @@ class _Tree:
 
 
 def _check_detail(check: Check, end: str) -> dict[str, Any]:
-    return {"success": check.success, "end": end,
+    return {**(check.detail or {}), "success": check.success, "end": end,
             "subgoals": [{"name": g.name, "weight": g.weight, "met": g.met}
                          for g in check.subgoals]}
 
@@ -287,10 +287,10 @@ class Sampler:
                            bool(events), detail)
 
     def _make_env(self, task_id: int, builder: TreeBuilder) -> Environment:
-        options = dict(self.config.options)
-        if builder.state.root is not None:
-            options = task_options(builder.state.root.task or {})
-        return make_env(self.config.env, task_id, **options)
+        root = builder.state.root
+        if root is not None and root.task:
+            return env_from_task({**root.task, "env": self.config.env, "task_id": task_id})
+        return make_env(self.config.env, task_id, **self.config.options)
 
     def _open(self, env: Environment, builder: TreeBuilder, task_id: int
               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
@@ -307,7 +307,7 @@ class Sampler:
             messages, tools = text_opening(opening.messages, opening.tools), None
         task = make_task(self.config.env, task_id, split=self.config.split,
                          action_format="tools" if tools_mode else "text",
-                         options=dict(self.config.options))
+                         options=dict(self.config.options), **env.task_fields())
         builder.root(messages, task, tools=tools, origin="sampler",
                      meta={"run": self.run, "strategy": self.config.strategy,
                            "branching": self.config.branching, "depth": self.config.depth,
@@ -424,7 +424,12 @@ class Sampler:
         info = tree.builder.state.nodes[child]
         action = info.action or {}
         started = time.perf_counter()
-        result = env.step(action)
+        if info.observation is not None and env.fork_mode == "stateless":
+            # resuming: a stateless environment takes the stored step as it is
+            result = StepResult(list(info.observation), bool(info.done))
+            env.adopt([(action, result)])
+        else:
+            result = env.step(action)
         spent = time.perf_counter() - started
         self.stats.env_seconds += spent
         latency = round(spent * 1000, 3)

@@ -24,7 +24,7 @@ __all__ = ["TreeRecorder", "check_detail"]
 
 def check_detail(check: Check) -> dict[str, Any]:
     """A check's verdict and sub-goals, as a score's ``detail``."""
-    return {"success": check.success,
+    return {**(check.detail or {}), "success": check.success,
             "subgoals": [{"name": g.name, "weight": g.weight, "met": g.met}
                          for g in check.subgoals]}
 

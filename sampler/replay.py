@@ -24,7 +24,7 @@ import msgspec
 from branchpoint.sampler.envs.base import Environment, Message, StepResult
 from branchpoint.store.errors import ReplayDivergence
 
-__all__ = ["RecordedStep", "replay", "replay_fork", "show_difference"]
+__all__ = ["RecordedStep", "reach", "replay", "replay_fork", "show_difference"]
 
 
 class RecordedStep(msgspec.Struct, frozen=True):
@@ -88,6 +88,27 @@ def replay(env: Environment, steps: Iterable[Any], *,
             raise _diverged(number, "observation", rec.observation, got.observation)
         if rec.done is not None and got.done != rec.done:
             raise _diverged(number, "done flag", rec.done, got.done)
+        messages += [rec.action, *rec.observation]
+    return messages
+
+
+def reach(env: Environment, steps: Iterable[Any]) -> list[Message]:
+    """Bring ``env`` to the end of recorded ``steps`` (in any form :func:`replay` takes):
+    by :func:`replay` (checking every observation), or for an environment that declares its
+    tools stateless (``fork_mode = "stateless"``) by resetting it and adopting the steps as
+    recorded, running nothing again. Returns the conversation so far.
+
+    Raises:
+        ReplayDivergence: as :func:`replay` (never for a stateless environment).
+    """
+    if env.fork_mode != "stateless":
+        return replay(env, steps)
+    recorded = [_as_step(item) for item in steps]
+    messages = list(env.reset().messages)
+    # an unknown done flag (None) is taken as not done: the recording went on after it
+    env.adopt([(rec.action, StepResult(list(rec.observation), bool(rec.done)))
+               for rec in recorded])
+    for rec in recorded:
         messages += [rec.action, *rec.observation]
     return messages
 

@@ -20,9 +20,24 @@ the same task re-runs them. An environment that can copy its state cheaply also 
 :data:`FORK_MODES` (a plain attribute: a class default, or set per instance in
 ``__init__`` when an option decides, as ``backend="disk"`` does for the built-ins).
 
+Stateless tools: an environment whose tools change nothing (search, retrieval, read-only
+APIs) sets ``fork_mode = "stateless"``; the conversation is then its whole state, so a fork
+is a fresh environment that adopts the history (:meth:`Environment.adopt`) with no replay
+and no snapshot, and a recorded trajectory branches from any step even when its tool
+results can no longer be reproduced exactly.
+
 A tree's root names its environment by :attr:`Environment.env_name`: the name the registry
 made it by (an entry-point name, or an import path ``package.module:Class``), so that the
 registry makes the same environment again from the root whichever way it was named.
+
+Free-text environments (text games, a shell, a chat with a simulated user) take the
+assistant's text as it is, with no tool parsing: they set :attr:`Environment.free_text`,
+return no tools from ``reset`` and read each action with :func:`action_text`.
+:class:`TextEnvironment` does that bookkeeping (a step budget, a refusal of tool calls) so
+that such an environment only writes its opening and what one message does; its expert is
+a :class:`~branchpoint.sampler.expert.TextExpert`. The sampler then samples plain text
+(``--action-format text``, what ``auto`` picks when there are no tools), and forks and
+replays work as for any environment.
 
 A malformed action never raises: it costs a step and the observation says what was wrong,
 as a real tool server would. :func:`parse_action` turns any assistant message into
@@ -48,12 +63,12 @@ import functools
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self, TypeAlias, TypeVar
 
 import msgspec
 
-from branchpoint.store.builder import make_task
+from branchpoint.store.builder import make_task, task_options
 
 # the split function lives in the store (light, shared with its tree filters)
 from branchpoint.store.splits import SPLITS, Split, split_of
@@ -74,8 +89,10 @@ __all__ = [
     "Split",
     "StepResult",
     "SubGoal",
+    "TextEnvironment",
     "ToolCall",
     "ToolEnvironment",
+    "action_text",
     "argument_error",
     "assistant_message",
     "function_tool",
@@ -96,10 +113,12 @@ Message = dict[str, Any]
 #: How :func:`branchpoint.sampler.fork.fork` copies an environment: ``snapshot`` (state in
 #: memory, through :meth:`Environment.snapshot` / :meth:`Environment.restore` or an
 #: overridden :meth:`Environment.fork`), ``sandbox`` (a real directory or database per
-#: branch, copied by :meth:`Environment.fork`) or ``replay`` (a fresh environment re-runs
-#: :attr:`Environment.history`; works for every environment).
-ForkMode = Literal["snapshot", "sandbox", "replay"]
-FORK_MODES: tuple[ForkMode, ...] = ("snapshot", "sandbox", "replay")
+#: branch, copied by :meth:`Environment.fork`), ``replay`` (a fresh environment re-runs
+#: :attr:`Environment.history`; works for every environment) or ``stateless`` (the tools
+#: change nothing, the conversation is the whole state: a fresh environment takes the
+#: history as it is, through :meth:`Environment.adopt`, and runs nothing again).
+ForkMode = Literal["snapshot", "sandbox", "replay", "stateless"]
+FORK_MODES: tuple[ForkMode, ...] = ("snapshot", "sandbox", "replay", "stateless")
 
 
 def tasks_in_split(split: Split, count: int, start: int = 0) -> list[int]:
@@ -136,6 +155,8 @@ class Check(msgspec.Struct, frozen=True):
     score: float
     success: bool
     subgoals: list[SubGoal]
+    #: More to keep in the score's ``detail`` (e.g. a reward's raw value before mapping).
+    detail: dict[str, Any] | None = None
 
 
 def score_of(subgoals: Sequence[SubGoal]) -> Check:
@@ -217,6 +238,9 @@ class Environment(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     fork_mode: ForkMode = "replay"
+    #: Whether actions are free text, taken as the assistant wrote them (no tools, no tool
+    #: parsing; :func:`action_text` reads them). :class:`TextEnvironment` sets it.
+    free_text: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -256,9 +280,44 @@ class Environment(ABC):
     @property
     def task(self) -> dict[str, Any]:
         """The task object recorded on a tree's root: ``env`` (:attr:`env_name`),
-        ``task_id`` and the options under ``options``
+        ``task_id``, the options under ``options`` and :meth:`task_fields`
         (:func:`branchpoint.store.builder.make_task`)."""
-        return make_task(self.env_name, self.task_id, options=self.options)
+        return make_task(self.env_name, self.task_id, options=self.options,
+                         **self.task_fields())
+
+    def task_fields(self) -> dict[str, Any]:
+        """Reserved task keys (``row``, ``class``, ``url`` ...) this environment records on
+        a root beside its options, so that :meth:`from_task` makes it again without what
+        it was first read from (a file of rows); none by default."""
+        return {}
+
+    @classmethod
+    def from_task(cls, task: Mapping[str, Any]) -> Self:
+        """The environment of a recorded root's ``task``, not yet reset: by default
+        ``cls(task_id, **options)``; an environment that records :meth:`task_fields`
+        reads them back here.
+
+        Raises:
+            ValueError: a bad task id or option.
+        """
+        return cls(task["task_id"], **task_options(task))
+
+    @classmethod
+    def select_tasks(cls, split: Split, *, count: int | None = None, start: int = 0,
+                     end: int | None = None, **options: Any) -> list[int]:
+        """The task ids of ``split``: the first ``count`` at or after ``start``, or those
+        in ``[start, end)``. By default every non-negative id is a task and the split is
+        :func:`split_of`'s hash; an environment with a finite list of tasks (rows of a
+        file) returns fewer when the list ends first.
+
+        Raises:
+            ValueError: neither ``count`` nor ``end`` given, or a bad option.
+        """
+        if end is not None:
+            return [t for t in range(start, end) if split_of(t) == split]
+        if count is None:
+            raise ValueError("select_tasks needs a count or an end")
+        return tasks_in_split(split, count, start)
 
     def fresh(self) -> Self:
         """A new environment of the same task and name, not yet reset."""
@@ -317,6 +376,15 @@ class Environment(ABC):
         child.reset()
         child.restore(self.snapshot())
         return child
+
+    def adopt(self, steps: Sequence[HistoryEntry]) -> None:
+        """Take ``steps`` (``(action, StepResult)`` pairs, after :meth:`reset` or the steps
+        already taken) as having happened, without running them: how an environment whose
+        ``fork_mode`` is ``stateless`` forks and continues a recorded trajectory (whose
+        tool results may no longer be reproducible). The base class appends them to
+        :attr:`history`; an environment that counts steps extends it (as
+        :class:`ToolEnvironment` and :class:`TextEnvironment` do, for the step budget)."""
+        self.history.extend((dict(action), result) for action, result in steps)
 
     def expert(self, mistakes: float = 0.0, seed: int | str | None = None) -> Expert:
         """A scripted expert for this task (see :class:`branchpoint.sampler.expert.Expert`):
@@ -632,7 +700,9 @@ class ToolEnvironment(Environment):
     Subclasses implement :meth:`_start` (build the task state, return the opening
     messages), :meth:`_call` (run one valid call), :meth:`_save` / :meth:`_load` (copy the
     task state for snapshots) and :meth:`check`; :attr:`tools` is the list of schemas.
-    It forks by snapshot (``fork_mode = "snapshot"``).
+    It forks by snapshot (``fork_mode = "snapshot"``); an environment whose tools change
+    nothing (search, lookups) sets ``fork_mode = "stateless"`` and implements ``_save`` /
+    ``_load`` as no-ops.
     """
 
     fork_mode: ForkMode = "snapshot"
@@ -693,12 +763,91 @@ class ToolEnvironment(Environment):
                 f"step limit reached ({self.max_steps} steps): the episode is over"))
         return StepResult(observation, self.done)
 
+    def adopt(self, steps: Sequence[HistoryEntry]) -> None:
+        super().adopt(steps)
+        self.steps += len(steps)
+        self.done = self.done or any(result.done for _, result in steps)
+
     def snapshot(self) -> Any:
         return (self.steps, self.done, self._save())
 
     def restore(self, snap: Any) -> None:
         self.steps, self.done, state = snap
         self._load(state)
+
+
+class TextEnvironment(Environment):
+    """An environment whose actions are free text (:attr:`Environment.free_text`): each
+    assistant message's text goes to :meth:`_act` as it is; ``reset`` offers no tools.
+
+    Subclasses implement :meth:`_start` (build the task state, return the opening
+    messages), :meth:`_act` (what one message does: an :class:`Outcome` whose content the
+    agent reads as a ``user`` message) and :meth:`check`. A message that calls tools
+    instead costs a step and is answered with an error. The episode ends when an outcome
+    says so or after ``max_steps`` (a class default, overridable with the ``max_steps``
+    option). It forks by replay; a subclass that can copy its state implements
+    :meth:`snapshot` / :meth:`restore` (including :attr:`steps` and :attr:`done`) and sets
+    ``fork_mode = "snapshot"``.
+    """
+
+    free_text: ClassVar[bool] = True
+    max_steps: int = 30
+
+    def __init__(self, task_id: int, **options: Any) -> None:
+        super().__init__(task_id, **options)
+        limit = options.get("max_steps", type(self).max_steps)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"max_steps must be a positive integer, got {limit!r}")
+        self.max_steps = limit
+        self.steps = 0
+        self.done = False
+
+    @abstractmethod
+    def _start(self) -> list[Message]:
+        """Build the task's initial state; return the opening messages."""
+
+    @abstractmethod
+    def _act(self, text: str) -> Outcome:
+        """Run one message's text. What the agent got wrong (a verb the game does not know)
+        is an Outcome whose content says so, never an exception."""
+
+    def reset(self) -> Reset:
+        self.steps = 0
+        self.done = False
+        return Reset(messages=self._start(), tools=[])
+
+    def step(self, action: Message) -> StepResult:
+        if self.done:
+            return StepResult([user_message("error: the episode is over")], True)
+        self.steps += 1
+        text = action_text(action)
+        if text is None:
+            observation = [user_message("error: this environment takes plain text, not tool "
+                                        "calls; write what you want to do")]
+        else:
+            outcome = self._act(text)
+            self.done = outcome.done
+            observation = [user_message(outcome.content)]
+        if not self.done and self.steps >= self.max_steps:
+            self.done = True
+            observation.append(user_message(
+                f"step limit reached ({self.max_steps} steps): the episode is over"))
+        return StepResult(observation, self.done)
+
+
+    def adopt(self, steps: Sequence[HistoryEntry]) -> None:
+        super().adopt(steps)
+        self.steps += len(steps)
+        self.done = self.done or any(result.done for _, result in steps)
+
+
+def action_text(action: Message) -> str | None:
+    """The text of an assistant message as the assistant wrote it (a string, or its text
+    parts joined), for free-text environments; ``None`` when it calls tools or holds no
+    text."""
+    if action.get("tool_calls"):
+        return None
+    return text_of(action.get("content"))
 
 
 # --- the text syntax ------------------------------------------------------------------------

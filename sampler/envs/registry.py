@@ -25,7 +25,6 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from branchpoint.sampler.envs.base import Environment
-from branchpoint.store.builder import task_options
 from branchpoint.store.errors import UnknownEnvironment
 
 __all__ = ["GROUP", "env_from_task", "get_env", "list_envs", "make_env", "name_of"]
@@ -112,10 +111,14 @@ def make_env(name: str, task_id: int, **options: Any) -> Environment:
 
 def env_from_task(task: Mapping[str, Any]) -> Environment:
     """The environment a tree's root recorded in its ``task``, with its options (also from
-    roots written before options moved under ``task["options"]``), not yet reset.
+    roots written before options moved under ``task["options"]``) and what else it recorded
+    (:meth:`~branchpoint.sampler.envs.base.Environment.from_task`), not yet reset.
 
     Raises:
         UnknownEnvironment: as :func:`get_env`.
         ValueError: a bad task id or option.
     """
-    return make_env(task["env"], task["task_id"], **task_options(task))
+    name = task["env"]
+    env = get_env(name).from_task(task)
+    env.env_name = name
+    return env

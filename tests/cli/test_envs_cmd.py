@@ -23,7 +23,7 @@ def test_play_json_with_the_expert_is_one_object_with_a_full_score():
     res = runner.invoke(app, ["env", "play", "fs", "--task", "4", "--expert", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
-    assert set(out) == {"env", "task_id", "transcript", "done", "score", "success",
+    assert set(out) == {"env", "task_id", "options", "transcript", "done", "score", "success",
                         "subgoals"}
     assert (out["env"], out["task_id"], out["done"], out["score"], out["success"]) == (
         "fs", 4, True, 1.0, True)

@@ -123,7 +123,7 @@ def test_restore_refuses_what_snapshot_did_not_return():
 
 
 def test_a_fork_mode_outside_the_declared_ones_is_refused_when_the_class_is_made():
-    assert FORK_MODES == ("snapshot", "sandbox", "replay")
+    assert FORK_MODES == ("snapshot", "sandbox", "replay", "stateless")
     with pytest.raises(TypeError, match="fork_mode must be one of"):
         class Bad(ToolEnvironment):
             name = "bad"
