@@ -16,6 +16,7 @@ train``), and the report says which engine ran.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import shutil
@@ -198,7 +199,24 @@ def _sample_vllm(url: str, name: str, settings: DemoSettings, db: str,
     if done.returncode != 0:
         raise RuntimeError(f"branchpoint sample failed ({done.returncode}): "
                            f"{done.stderr.strip()[-2000:]}")
+    failed = asyncio.run(_closed_with_error(db))
+    if failed > settings.sample_tasks // 10:
+        # A run whose endpoint went away closes its trees with `error` and exits 0, as a
+        # long sampling run should; the demo must not keep such a stage as done.
+        raise RuntimeError(f"{failed} of {settings.sample_tasks} sampled trees ended with "
+                           f"endpoint errors; the sample stage is not kept:\n"
+                           f"{done.stdout.strip()[-1000:]}")
     return {"command": cmd, "output": done.stdout.strip()[-2000:]}
+
+
+async def _closed_with_error(db: str) -> int:
+    from branchpoint.store.log import open_log
+
+    log = await open_log(db)
+    try:
+        return sum(t.closed == "error" for t in await log.list_trees())
+    finally:
+        await log.close()
 
 
 async def _record_local(events: list[Any], db: str) -> None:
