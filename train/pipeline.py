@@ -230,8 +230,6 @@ async def _record_local(events: list[Any], db: str) -> None:
 
 
 def _sample_local(model: str, settings: DemoSettings, db: str) -> dict[str, Any]:
-    import asyncio
-
     from branchpoint.train.grow import grow_trees
     from branchpoint.train.local import LocalPolicy
 
