@@ -209,6 +209,10 @@ class ModelServer:
             # CPU: skip the compile step and the engine subprocess (about 20 s to start
             # instead of 45-60 s).
             cmd += ["--enforce-eager", "--distributed-executor-backend", "uni"]
+            # A seeded request whose prompt is prefilled in chunks kills the CPU build's
+            # engine ("CPU Generator does not use offset" when the chunk's sampled token is
+            # discarded); without chunked prefill every prompt is prefilled at once.
+            cmd += ["--no-enable-chunked-prefill"]
         return [*cmd, *c.extra_args]
 
     def environment(self, cpu: bool) -> dict[str, str]:
