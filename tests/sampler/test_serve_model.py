@@ -74,3 +74,24 @@ async def test_n_candidates_come_back_with_token_ids_the_project_tokenizer_decod
         assert text == cand.message["content"]
     # The same seed gives the same candidates (vLLM derives each choice's seed from it).
     assert [c.message for c in again] == [c.message for c in cands]
+
+
+async def test_many_seeded_requests_with_long_prompts_leave_the_server_alive(
+        served_model: ServedModel) -> None:
+    # More prompt tokens at once than one engine step takes: with chunked prefill on, a
+    # seeded request prefilled in chunks killed the CPU build's engine.
+    import asyncio
+
+    policy = ChatPolicy(served_model.base_url, served_model.name,
+                        Sampling(temperature=0.7, max_tokens=4))
+    long = [{"role": "user", "content": " ".join(f"file{i}.txt" for i in range(300))}]
+    try:
+        answers = await asyncio.gather(*(
+            policy.propose([*long, {"role": "user", "content": f"task {k}"}], None, 4,
+                           seed=k) for k in range(24)))
+    finally:
+        await policy.close()
+    assert all(sum(c.count for c in a) == 4 for a in answers)
+    with urllib.request.urlopen(f"{served_model.base_url.removesuffix('/v1')}/health",
+                                timeout=30) as resp:
+        assert resp.status == 200
