@@ -119,6 +119,7 @@ class MemoryClaims:
 _SQLITE_DDL = """CREATE TABLE IF NOT EXISTS claims (
     tree_id TEXT PRIMARY KEY, run TEXT NOT NULL, worker TEXT, host TEXT, pid INTEGER,
     expires_at REAL NOT NULL DEFAULT 0, finished INTEGER NOT NULL DEFAULT 0)"""
+_PG_DDL_LOCK = 0x62706D67  # the store's migration lock (store/sql.py): the schema is made once
 _PG_DDL = """CREATE TABLE IF NOT EXISTS claims (
     tree_id TEXT PRIMARY KEY, run TEXT NOT NULL, worker TEXT, host TEXT, pid INTEGER,
     expires_at DOUBLE PRECISION NOT NULL DEFAULT 0, finished SMALLINT NOT NULL DEFAULT 0)"""
@@ -145,9 +146,14 @@ class SqlClaims:
                 settings = {"search_path": schema} if schema else None
                 self._pg_conn = await asyncpg.connect(dsn, timeout=30,
                                                       server_settings=settings)
-                if schema:  # the store creates it too; whoever comes first does
-                    await self._pg_conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-                await self._pg_conn.execute(_PG_DDL)
+                # CREATE ... IF NOT EXISTS races between workers starting at once (a
+                # unique violation in pg_type): one transaction at a time creates them.
+                async with self._pg_conn.transaction():
+                    await self._pg_conn.execute(f"SELECT pg_advisory_xact_lock({_PG_DDL_LOCK})")
+                    if schema:  # the store creates it too; whoever comes first does
+                        await self._pg_conn.execute(
+                            f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+                    await self._pg_conn.execute(_PG_DDL)
             except (OSError, asyncpg.PostgresError) as exc:
                 raise StoreUnavailable(f"claims: cannot use {dsn.split('@')[-1]}: {exc}"
                                        ) from exc
