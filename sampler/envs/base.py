@@ -691,6 +691,18 @@ class Outcome(msgspec.Struct, frozen=True):
     done: bool = False
 
 
+def _step_limit(options: dict[str, Any], default: int) -> int:
+    """The ``max_steps`` option, or the class default.
+
+    Raises:
+        ValueError: not a positive integer.
+    """
+    limit = options.get("max_steps", default)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"max_steps must be a positive integer, got {limit!r}")
+    return limit
+
+
 class ToolEnvironment(Environment):
     """An environment made of tools: subclasses give the tools, the opening messages and
     what each valid call does; this class parses actions, answers malformed ones, counts
@@ -711,10 +723,7 @@ class ToolEnvironment(Environment):
 
     def __init__(self, task_id: int, **options: Any) -> None:
         super().__init__(task_id, **options)
-        limit = options.get("max_steps", type(self).max_steps)
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"max_steps must be a positive integer, got {limit!r}")
-        self.max_steps = limit
+        self.max_steps = _step_limit(options, type(self).max_steps)
         self.steps = 0
         self.done = False
 
@@ -795,10 +804,7 @@ class TextEnvironment(Environment):
 
     def __init__(self, task_id: int, **options: Any) -> None:
         super().__init__(task_id, **options)
-        limit = options.get("max_steps", type(self).max_steps)
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"max_steps must be a positive integer, got {limit!r}")
-        self.max_steps = limit
+        self.max_steps = _step_limit(options, type(self).max_steps)
         self.steps = 0
         self.done = False
 
