@@ -30,6 +30,10 @@ class SftSettings:
     warmup_ratio: float = 0.05
     seed: int = 0
     lora: bool = False
+    # Loss on the assistant turns only (what a user fine-tuning an instruct model wants).
+    # False trains on every token, observations included: a model built from scratch
+    # learns to read and copy from its context far sooner that way.
+    assistant_only: bool = True
 
 
 @dataclass(frozen=True)
@@ -153,7 +157,7 @@ def train_sft(model: str, conversations: Sequence[dict[str, Any]], out: str | Pa
     rows = [{"messages": c["messages"]} for c in conversations]
     config = SFTConfig(**_common(target, settings.epochs, settings.learning_rate,
                                  settings.batch_size, settings.seed),
-                       assistant_only_loss=True, max_length=settings.max_length,
+                       assistant_only_loss=settings.assistant_only, max_length=settings.max_length,
                        warmup_steps=settings.warmup_ratio, dataset_num_proc=None)
     trainer = SFTTrainer(model=net, args=config, train_dataset=Dataset.from_list(rows),
                          processing_class=tokenizer, peft_config=_peft(settings.lora),
