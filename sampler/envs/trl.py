@@ -64,7 +64,7 @@ from branchpoint.sampler.envs.base import (
 )
 from branchpoint.store.builder import make_task, task_options
 
-__all__ = ["TrlEnv", "load_object", "reward_range", "tool_schemas"]
+__all__ = ["TrlEnv", "load_object", "reward_range", "scaled_reward", "tool_schemas"]
 
 _NOT_TOOLS = frozenset({"reset", "get_reward"})
 
@@ -105,6 +105,15 @@ def reward_range(spec: Any) -> tuple[float, float] | None:
     if not sep or not low < high:
         raise ValueError(f"reward_range must be LOW:HIGH with LOW < HIGH, got {spec!r}")
     return low, high
+
+
+def scaled_reward(raw: float, bounds: tuple[float, float] | None) -> float:
+    """A raw reward as a score in [0, 1]: mapped linearly from ``bounds`` (LOW, HIGH) and
+    clipped, or only clipped when there are no bounds."""
+    if bounds is not None:
+        low, high = bounds
+        raw = (raw - low) / (high - low)
+    return round(min(1.0, max(0.0, raw)), 6)
 
 
 def _methods(cls: type) -> list[str]:
@@ -348,13 +357,8 @@ class TrlEnv(Environment):
 
     def check(self) -> Check:
         raw = self.raw_reward()
-        if self.range is None:
-            score = min(1.0, max(0.0, raw))
-        else:
-            low, high = self.range
-            score = min(1.0, max(0.0, (raw - low) / (high - low)))
-        return Check(score=round(score, 6), success=score >= 1.0, subgoals=[],
-                     detail={"reward": raw})
+        score = scaled_reward(raw, self.range)
+        return Check(score=score, success=score >= 1.0, subgoals=[], detail={"reward": raw})
 
     def close(self) -> None:
         closer = getattr(self.instance, "close", None)
