@@ -67,7 +67,8 @@ from branchpoint.store.errors import (
 from branchpoint.store.events import Event, NodeCreated, ScoreAssigned
 from branchpoint.store.log import EventLog
 
-__all__ = ["RunStats", "SampleConfig", "TreeOutcome", "run_name", "sample_run", "sample_tree"]
+__all__ = ["RunStats", "SampleConfig", "TreeOutcome", "require_scorer", "run_name", "sample_run",
+           "sample_tree"]
 
 Strategy = Literal["tree", "branch-rollout", "episodes"]
 ActionFormat = Literal["auto", "text", "tools"]
@@ -497,6 +498,20 @@ async def _all(jobs: Sequence[Coroutine[Any, Any, None]]) -> None:
         raise first from None
 
 
+def require_scorer(env: Environment, judge: Judge | None) -> None:
+    """Refuse to sample an environment whose leaves nothing would score: one without a
+    checker (:attr:`~branchpoint.sampler.envs.base.Environment.has_checker` false) and no
+    judge.
+
+    Raises:
+        ValueError: the message says how to give it a score.
+    """
+    if judge is None and not env.has_checker:
+        raise ValueError(f"{env.env_name!r} has no reward of its own to score leaves with: "
+                         "give it one (--option reward=package.module:fn for --env trl) or "
+                         "score with the LLM judge (--judge-base-url URL --judge-model MODEL)")
+
+
 async def sample_run(config: SampleConfig, policy: ChatPolicy, log: EventLog, *,
                      use_tools: bool, stats: RunStats | None = None,
                      claims: Claims | None = None, judge: Judge | None = None,
@@ -508,6 +523,9 @@ async def sample_run(config: SampleConfig, policy: ChatPolicy, log: EventLog, *,
     worker on the same store (see :mod:`branchpoint.sampler.claims`), and the run ends when
     no tree is left that this worker could claim.
     """
+    if config.tasks:
+        with make_env(config.env, config.tasks[0], **config.options) as probe:
+            require_scorer(probe, judge)
     sampler = Sampler(config, policy, log, use_tools=use_tools, stats=stats, judge=judge)
     sampler.stats.trees_total = len(config.tasks)
     outcomes: list[TreeOutcome] = []
