@@ -351,6 +351,7 @@ class Sampler:
         """Grow the subtree under ``node`` (whose state ``env`` holds; this call owns and
         closes it)."""
         state = tree.builder.state
+        owned = True
         try:
             info = state.nodes[node]
             if node != "root" and info.done:
@@ -380,13 +381,18 @@ class Sampler:
                                      extra={"message": str(exc)})
                     return
             started = time.perf_counter()
-            forks = [fork(env) for _ in children]
+            # The first child goes on in this environment and the others in forks of it, so
+            # that only the open branches hold what an environment holds (a sandbox, a
+            # server session) and a node with n children costs n - 1 forks.
+            copies = [env, *(fork(env) for _ in children[1:])]
             self.stats.env_seconds += time.perf_counter() - started
+            owned = False
             await _all([self._run_child(tree, child, copy, messages=messages, tools=tools,
-                                        depth=depth + 1) for child, copy in zip(children, forks,
+                                        depth=depth + 1) for child, copy in zip(children, copies,
                                                                                 strict=True)])
         finally:
-            env.close()
+            if owned:
+                env.close()
 
     async def _propose(self, tree: _Tree, node: str, *, messages: list[dict[str, Any]],
                        tools: list[dict[str, Any]] | None, n: int, roles: list[str]

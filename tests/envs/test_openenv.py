@@ -239,6 +239,31 @@ def test_a_server_at_capacity_is_named_with_its_limit(notes_url: str) -> None:
             env.close()
 
 
+def notes(body: dict[str, Any]) -> Any:
+    """Two different looks around, then the answer (which ends the episode)."""
+    if sum(m["role"] == "tool" for m in body["messages"]) >= 2:
+        return [call("write", key="answer", value=f"word{tasks_in_split('train', 1)[0]}")
+                ] * body["n"]
+    return [call("read", key="hint"), call("write", key="note", value="x")][:body["n"]]
+
+
+@pytest.mark.slow
+def test_a_tree_holds_a_session_per_open_branch_only(notes_url: str, tmp_path: Path) -> None:
+    # branching 2, depth 2, each leaf rolled out to the end: four branches open at once, on
+    # a server that holds four sessions; a parent that kept its session while its subtree
+    # grew, or a fork for every child, would need more
+    db = tmp_path / "n.db"
+    with ScriptedEndpoint(notes) as ep:
+        result = runner.invoke(app, ["sample", "--env", "openenv", "--tasks", "1",
+                                     "--base-url", ep.base_url, "--model", "tiny",
+                                     "--branching", "2", "--depth", "2", "--rollouts", "1",
+                                     "--db", f"sqlite:///{db}", "--quiet", "--run", "n",
+                                     *flags(notes_url, "reward_range=-1:2")])
+    assert result.exit_code == 0, result.output
+    scores = [e for e in payloads(events_of(db)) if isinstance(e, ScoreAssigned)]
+    assert len(scores) == 4 and {s.value for s in scores} == {1.0}
+
+
 def tries(body: dict[str, Any]) -> Any:
     """Each of the n candidates tries the code of one of the sampled tasks."""
     codes = [code_of(t) for t in tasks_in_split("train", 2)]
