@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from branchpoint.cli.main import app
 from branchpoint.sampler.envs.base import tasks_in_split
-from branchpoint.sampler.envs.openenv import OpenEnvEnv, render_observation
+from branchpoint.sampler.envs.openenv import OpenEnvEnv, _error_text, render_observation
 from branchpoint.sampler.envs.registry import env_from_task, make_env
 from branchpoint.sampler.fork import fork
 from branchpoint.sampler.replay import replay
@@ -379,3 +379,12 @@ def test_observations_read_as_their_one_text_else_as_json() -> None:
         "error: bad"
     assert render_observation({"tool_name": "t", "result": None, "error": {
         "error_type": "timeout", "message": "slow"}}) == "error: slow"
+
+
+def test_an_action_the_server_refuses_reads_as_its_validation_errors() -> None:
+    refused = {"message": "Invalid message", "code": "VALIDATION_ERROR", "errors": [
+        {"type": "missing", "loc": ["code"], "msg": "Field required"},
+        {"type": "extra_forbidden", "loc": ["type"], "msg": "Extra inputs are not permitted"}]}
+    assert _error_text(refused) == ("error: invalid action: code: Field required; type: "
+                                    "Extra inputs are not permitted")
+    assert _error_text({"message": "boom", "code": "EXECUTION_ERROR"}) == "error: boom"
