@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned: the CPU wheel of 2.13.0 (a bare `torch` would fetch a CUDA build)
 	$(BIN)/python -m pip install -q "torch==2.13.0"
-	$(BIN)/python -m pip install -q -e ".[train,test,server]"
+	$(BIN)/python -m pip install -q -e ".[train,test,server,openenv]"
 	touch $(STAMP)
 
 install: $(STAMP)

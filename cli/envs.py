@@ -26,7 +26,7 @@ import typer
 
 from branchpoint.cli.main import fail, given, usage_error
 from branchpoint.cli.options import EnvOptions, ExpertFormat, parse_options
-from branchpoint.store.errors import UnknownEnvironment
+from branchpoint.store.errors import BranchpointError, UnknownEnvironment
 
 __all__ = ["register"]
 
@@ -180,22 +180,40 @@ def register(app: typer.Typer) -> None:
                         typer.echo(_content(m))
                 if done:
                     break
-            check = env.check()
+            check: Any
+            try:
+                check = env.check()
+            except NotImplementedError as exc:  # no checker: leaves are scored by a judge
+                check = str(exc)
+        except BranchpointError as exc:  # the environment's server failed, or a divergence
+            raise fail(str(exc)) from None
         finally:
             env.close()
-        subgoals = [{"name": g.name, "met": g.met, "weight": g.weight} for g in check.subgoals]
-        if as_json:
-            typer.echo(json.dumps({
-                "env": env_name, "task_id": task, "options": options,
-                "transcript": transcript, "done": done,
-                "score": check.score, "success": check.success, "subgoals": subgoals}))
-            return
-        typer.echo(f"\nscore {check.score:.3f}  success {str(check.success).lower()}  "
-                   f"done {str(done).lower()}")
-        for g in subgoals:
-            typer.echo(f"  [{'x' if g['met'] else ' '}] {g['name']} (weight {g['weight']:g})")
+        _report(check, {"env": env_name, "task_id": task, "options": options,
+                        "transcript": transcript, "done": done}, as_json=as_json)
 
     app.add_typer(env_app, name="env")
+
+
+def _report(check: Any, played: dict[str, Any], *, as_json: bool) -> None:
+    """What ``env play`` prints at the end: the check with its sub-goals, or (for an
+    environment scored by a judge alone, whose ``check`` is the reason it has none) no
+    score."""
+    done = str(played["done"]).lower()
+    if isinstance(check, str):
+        if as_json:
+            typer.echo(json.dumps({**played, "score": None, "success": None, "subgoals": []}))
+        else:
+            typer.echo(f"\nno score: {check}\ndone {done}")
+        return
+    subgoals = [{"name": g.name, "met": g.met, "weight": g.weight} for g in check.subgoals]
+    if as_json:
+        typer.echo(json.dumps({**played, "score": check.score, "success": check.success,
+                               "subgoals": subgoals}))
+        return
+    typer.echo(f"\nscore {check.score:.3f}  success {str(check.success).lower()}  done {done}")
+    for g in subgoals:
+        typer.echo(f"  [{'x' if g['met'] else ' '}] {g['name']} (weight {g['weight']:g})")
 
 
 def _action_text(action: dict[str, Any]) -> str:

@@ -93,7 +93,7 @@ async def _run(db: str, config: Any, base_url: str, *, action_format: str,  # no
                quiet: bool, api_key: str, lease_seconds: float, judge: Any = None) -> int:
     from branchpoint.sampler.claims import open_claims
     from branchpoint.sampler.envs.registry import make_env
-    from branchpoint.sampler.grow import RunStats, run_name, sample_run
+    from branchpoint.sampler.grow import RunStats, require_scorer, run_name, sample_run
     from branchpoint.sampler.policy import ChatPolicy
     from branchpoint.store.exports import ExportOptions, compute_stats
     from branchpoint.store.log import TreeFilter, open_log
@@ -101,11 +101,15 @@ async def _run(db: str, config: Any, base_url: str, *, action_format: str,  # no
     policy = ChatPolicy(base_url, config.model, config.sampling, api_key=api_key)
     try:
         # Everything that can be refused is checked before the store is touched.
-        info = await policy.check()
-        if judge is not None:
-            await judge.policy.check()
         probe = make_env(config.env, config.tasks[0], **config.options)
         try:
+            try:
+                require_scorer(probe, judge)
+            except ValueError as exc:
+                raise fail(f"{exc} (nothing was stored)") from None
+            info = await policy.check()
+            if judge is not None:
+                await judge.policy.check()
             opening = probe.reset()
         finally:
             probe.close()

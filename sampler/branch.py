@@ -36,7 +36,15 @@ from branchpoint.sampler.claims import Claims
 from branchpoint.sampler.envs.base import Environment
 from branchpoint.sampler.envs.registry import env_from_task
 from branchpoint.sampler.fork import fork
-from branchpoint.sampler.grow import RunStats, SampleConfig, Sampler, _all, _stored_state, _Tree
+from branchpoint.sampler.grow import (
+    RunStats,
+    SampleConfig,
+    Sampler,
+    _all,
+    _stored_state,
+    _Tree,
+    require_scorer,
+)
 from branchpoint.sampler.policy import ChatPolicy
 from branchpoint.sampler.replay import RecordedStep, reach
 from branchpoint.store.actions import same_action
@@ -108,6 +116,7 @@ class Brancher(Sampler):
             path.pop()
         try:
             env = _env_of(task)
+            require_scorer(env, self.judge)
         except (UnknownEnvironment, ValueError, TypeError) as exc:
             return BranchOutcome(tree_id, "skipped", message=str(exc))
         rec = replay_path(state, path[-1])

@@ -67,7 +67,8 @@ from branchpoint.store.errors import (
 from branchpoint.store.events import Event, NodeCreated, ScoreAssigned
 from branchpoint.store.log import EventLog
 
-__all__ = ["RunStats", "SampleConfig", "TreeOutcome", "run_name", "sample_run", "sample_tree"]
+__all__ = ["RunStats", "SampleConfig", "TreeOutcome", "require_scorer", "run_name", "sample_run",
+           "sample_tree"]
 
 Strategy = Literal["tree", "branch-rollout", "episodes"]
 ActionFormat = Literal["auto", "text", "tools"]
@@ -350,6 +351,7 @@ class Sampler:
         """Grow the subtree under ``node`` (whose state ``env`` holds; this call owns and
         closes it)."""
         state = tree.builder.state
+        owned = True
         try:
             info = state.nodes[node]
             if node != "root" and info.done:
@@ -379,13 +381,18 @@ class Sampler:
                                      extra={"message": str(exc)})
                     return
             started = time.perf_counter()
-            forks = [fork(env) for _ in children]
+            # The first child goes on in this environment and the others in forks of it, so
+            # that only the open branches hold what an environment holds (a sandbox, a
+            # server session) and a node with n children costs n - 1 forks.
+            copies = [env, *(fork(env) for _ in children[1:])]
             self.stats.env_seconds += time.perf_counter() - started
+            owned = False
             await _all([self._run_child(tree, child, copy, messages=messages, tools=tools,
-                                        depth=depth + 1) for child, copy in zip(children, forks,
+                                        depth=depth + 1) for child, copy in zip(children, copies,
                                                                                 strict=True)])
         finally:
-            env.close()
+            if owned:
+                env.close()
 
     async def _propose(self, tree: _Tree, node: str, *, messages: list[dict[str, Any]],
                        tools: list[dict[str, Any]] | None, n: int, roles: list[str]
@@ -497,6 +504,20 @@ async def _all(jobs: Sequence[Coroutine[Any, Any, None]]) -> None:
         raise first from None
 
 
+def require_scorer(env: Environment, judge: Judge | None) -> None:
+    """Refuse to sample an environment whose leaves nothing would score: one without a
+    checker (:attr:`~branchpoint.sampler.envs.base.Environment.has_checker` false) and no
+    judge.
+
+    Raises:
+        ValueError: the message says how to give it a score.
+    """
+    if judge is None and not env.has_checker:
+        raise ValueError(f"{env.env_name!r} has no reward of its own to score leaves with: "
+                         "give it one (--option reward=package.module:fn for --env trl) or "
+                         "score with the LLM judge (--judge-base-url URL --judge-model MODEL)")
+
+
 async def sample_run(config: SampleConfig, policy: ChatPolicy, log: EventLog, *,
                      use_tools: bool, stats: RunStats | None = None,
                      claims: Claims | None = None, judge: Judge | None = None,
@@ -508,6 +529,9 @@ async def sample_run(config: SampleConfig, policy: ChatPolicy, log: EventLog, *,
     worker on the same store (see :mod:`branchpoint.sampler.claims`), and the run ends when
     no tree is left that this worker could claim.
     """
+    if config.tasks:
+        with make_env(config.env, config.tasks[0], **config.options) as probe:
+            require_scorer(probe, judge)
     sampler = Sampler(config, policy, log, use_tools=use_tools, stats=stats, judge=judge)
     sampler.stats.trees_total = len(config.tasks)
     outcomes: list[TreeOutcome] = []

@@ -11,6 +11,7 @@ branchpoint::
     ├── StoreUnavailable (ConnectionError) the database cannot be reached or opened
     ├── UnknownEnvironment (LookupError)   no environment registered under that name
     ├── ReplayDivergence (RuntimeError)    a replayed action got another observation
+    ├── EnvironmentUnavailable (ConnectionError)  an environment's server cannot be reached
     ├── MissingDependency (ImportError)    an optional extra is not installed
     ├── ServeError (RuntimeError)          a model server could not be set up or started
     └── EndpointError (ConnectionError)    a model endpoint failed (after retries)
@@ -149,6 +150,12 @@ class UnknownEnvironment(BranchpointError, LookupError):
 
 class ReplayDivergence(BranchpointError, RuntimeError):
     """Replaying a recorded action produced an observation other than the recorded one."""
+
+
+class EnvironmentUnavailable(BranchpointError, ConnectionError):
+    """An environment served by another process (an OpenEnv server at a URL) cannot be
+    reached, refused a session (at capacity, its factory failed), or stopped answering;
+    the message names the server and what it said."""
 
 
 class MissingDependency(BranchpointError, ImportError):

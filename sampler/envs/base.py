@@ -241,6 +241,11 @@ class Environment(ABC):
     #: Whether actions are free text, taken as the assistant wrote them (no tools, no tool
     #: parsing; :func:`action_text` reads them). :class:`TextEnvironment` sets it.
     free_text: ClassVar[bool] = False
+    #: Whether :meth:`check` scores. ``False`` for an environment with no checker of its
+    #: own (its ``check`` raises ``NotImplementedError``): the sampler's LLM judge scores
+    #: its leaves, and sampling without a judge is refused at start (a plain attribute,
+    #: set per instance when an option decides, as the ``trl`` environment does).
+    has_checker: bool = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -25,7 +25,8 @@ Options (``--option KEY=VALUE``):
     a split holds stops at the end of the file.
 ``reward``
     ``package.module:function``, called as TRL calls a reward function; without it the
-    class's ``get_reward()`` scores (a class with neither is refused).
+    class's ``get_reward()`` scores; with neither, the sampler's LLM judge does
+    (``--judge-base-url``), and sampling without a judge is refused at start.
 ``reward_range``
     ``LOW:HIGH``: a raw reward is mapped linearly into [0, 1] (and clipped); by default it
     is clipped to [0, 1]. The raw value is kept in the score's detail (``reward``).
@@ -64,7 +65,7 @@ from branchpoint.sampler.envs.base import (
 )
 from branchpoint.store.builder import make_task, task_options
 
-__all__ = ["TrlEnv", "load_object", "reward_range", "tool_schemas"]
+__all__ = ["TrlEnv", "load_object", "reward_range", "scaled_reward", "tool_schemas"]
 
 _NOT_TOOLS = frozenset({"reset", "get_reward"})
 
@@ -105,6 +106,15 @@ def reward_range(spec: Any) -> tuple[float, float] | None:
     if not sep or not low < high:
         raise ValueError(f"reward_range must be LOW:HIGH with LOW < HIGH, got {spec!r}")
     return low, high
+
+
+def scaled_reward(raw: float, bounds: tuple[float, float] | None) -> float:
+    """A raw reward as a score in [0, 1]: mapped linearly from ``bounds`` (LOW, HIGH) and
+    clipped, or only clipped when there are no bounds."""
+    if bounds is not None:
+        low, high = bounds
+        raw = (raw - low) / (high - low)
+    return round(min(1.0, max(0.0, raw)), 6)
 
 
 def _methods(cls: type) -> list[str]:
@@ -201,9 +211,9 @@ class TrlEnv(Environment):
             self.reward_fn = load_object(options["reward"], "reward")
             if not callable(self.reward_fn):
                 raise ValueError(f"reward {options['reward']!r} is not callable")
-        elif not callable(getattr(self.cls, "get_reward", None)):
-            raise ValueError(f"no reward for {spec}: give --option reward=package.module:fn "
-                             "or define get_reward() on the class")
+        # with neither a reward function nor get_reward(), the sampler's judge scores
+        self.has_checker = self.reward_fn is not None or \
+            callable(getattr(self.cls, "get_reward", None))
         self.range = reward_range(options.get("reward_range"))
         limit = options.get("max_steps", 30)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
@@ -328,8 +338,16 @@ class TrlEnv(Environment):
         """The reward as the class or the reward function gives it (before mapping).
 
         Raises:
+            NotImplementedError: no reward function and no ``get_reward()`` (the judge
+                scores this environment).
             ValueError: the reward is not a number.
         """
+        if not self.has_checker:
+            raise NotImplementedError(
+                f"no reward for {self.options['class']}: it is scored by the LLM judge "
+                "(--judge-base-url URL --judge-model MODEL); give --option "
+                "reward=package.module:fn or define get_reward() on the class to score it "
+                "without one")
         if self.instance is None:
             self.reset()
         if self.reward_fn is not None:
@@ -347,14 +365,16 @@ class TrlEnv(Environment):
         return float(value)
 
     def check(self) -> Check:
+        """The reward mapped into [0, 1], its raw value in the detail.
+
+        Raises:
+            NotImplementedError: no reward function and no ``get_reward()``: the sampler's
+                LLM judge scores this environment's leaves.
+            ValueError: the reward is not a number.
+        """
         raw = self.raw_reward()
-        if self.range is None:
-            score = min(1.0, max(0.0, raw))
-        else:
-            low, high = self.range
-            score = min(1.0, max(0.0, (raw - low) / (high - low)))
-        return Check(score=round(score, 6), success=score >= 1.0, subgoals=[],
-                     detail={"reward": raw})
+        score = scaled_reward(raw, self.range)
+        return Check(score=score, success=score >= 1.0, subgoals=[], detail={"reward": raw})
 
     def close(self) -> None:
         closer = getattr(self.instance, "close", None)

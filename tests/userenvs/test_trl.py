@@ -112,7 +112,7 @@ def test_bad_options_are_refused_with_what_was_wrong(options: list[str]) -> None
                             ({"class": "nosuch.mod:X"}, "cannot import"),
                             ({"tasks_file": None}, "needs --option tasks_file"),
                             ({"reward_range": "1:0"}, "LOW < HIGH"),
-                            ({"reward": None}, "no reward")):
+                            ({"reward": "support_tools:nosuch"}, "has no 'nosuch'")):
         opts = {k: v for k, v in {**base, **change}.items() if v is not None}
         with pytest.raises(ValueError, match=message):
             make_env("trl", 0, **opts)
@@ -223,3 +223,72 @@ def test_a_stateless_class_forks_by_copying_the_conversation_and_scores_from_it(
     assert child.check().score == 0.0
     assert child.step({"role": "assistant", "content": "It is 42."}).done
     assert child.check().score == 1.0 and env.check().score == 0.0
+
+
+def judged(body: dict[str, Any]) -> Any:
+    """The judge: partial credit from how much of the asked-for refund was given."""
+    transcript = body["messages"][-1]["content"]
+    return [{"content": json.dumps({"score": 1.0 if "refunded 12.50" in transcript else 0.5,
+                                    "rationale": "the refund asked for" if "12.50" in
+                                    transcript else "another amount"})}] * body["n"]
+
+
+def test_without_a_reward_the_judge_scores_and_without_a_judge_sampling_is_refused(
+        options: list[str], tmp_path: Path) -> None:
+    no_reward = [o for o in options if not o.startswith(("reward=", "reward_range="))]
+    env = make_env("trl", 0, **parse_options(no_reward))
+    assert not env.has_checker
+    env.reset()
+    with pytest.raises(NotImplementedError, match="scored by the LLM judge"):
+        env.check()
+    played = runner.invoke(app, ["env", "play", "trl", "--task", "0", "--actions",
+                                 str(_moves(tmp_path)), *flags(no_reward)])
+    assert played.exit_code == 0, played.output
+    assert "no score: no reward for support_tools:SupportTools" in played.output
+    db = tmp_path / "s.db"
+    with ScriptedEndpoint(refunds) as ep, \
+            ScriptedEndpoint(judged, model="judge") as judge_ep:
+        refused = runner.invoke(app, ["sample", "--env", "trl", "--tasks", "1", "--base-url",
+                                      ep.base_url, "--model", "tiny", "--db", f"sqlite:///{db}",
+                                      "--quiet", *flags(no_reward)])
+        assert refused.exit_code == 1
+        assert "--option reward=package.module:fn" in refused.output
+        assert "--judge-base-url URL --judge-model MODEL" in refused.output
+        assert "nothing was stored" in refused.output and not db.exists()
+        assert ep.requests == []  # refused before the endpoint was asked anything
+        result = runner.invoke(app, ["sample", "--env", "trl", "--tasks", "1", "--base-url",
+                                     ep.base_url, "--model", "tiny", "--branching", "2",
+                                     "--depth", "2", "--db", f"sqlite:///{db}", "--quiet",
+                                     "--run", "j", "--judge-base-url", judge_ep.base_url,
+                                     "--judge-model", "judge", *flags(no_reward)])
+    assert result.exit_code == 0, result.output
+    scores = [e for e in payloads(events_of(db)) if isinstance(e, ScoreAssigned)]
+    assert scores and {s.source for s in scores} == {"judge"}  # no checker score at all
+    assert {s.value for s in scores} == {0.5, 1.0}
+    assert all(s.detail and s.detail["model"] == "judge" for s in scores)
+
+
+def _moves(folder: Path) -> Path:
+    moves = folder / "moves.txt"
+    moves.write_text(json.dumps(call("refund", amount=12.5)) + "\nDone.\n")
+    return moves
+
+
+def test_branch_skips_a_recorded_tree_that_nothing_would_score(
+        options: list[str], tmp_path: Path) -> None:
+    no_reward = [o for o in options if not o.startswith(("reward=", "reward_range="))]
+    env = make_env("trl", 0, **parse_options(no_reward))
+    opening = env.reset()
+    b = TreeBuilder("rec/trl/0", writer="sdk")
+    b.root(opening.messages, {**env.task, "action_format": "tools"}, tools=opening.tools,
+           origin="sdk")
+    result = env.step(call("refund", amount=2.0))
+    b.step("root", call("refund", amount=2.0), result.observation, result.done)
+    db = tmp_path / "b.db"
+    store(db, b.take())
+    with ScriptedEndpoint(refunds) as ep:
+        out = runner.invoke(app, ["branch", "--base-url", ep.base_url, "--model", "tiny",
+                                  "--db", f"sqlite:///{db}", "--run", "b1"])
+    assert out.exit_code == 0, out.output
+    assert "rec/trl/0: skipped" in out.output and "has no reward of its own" in out.output
+    assert ep.requests == []
