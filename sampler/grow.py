@@ -59,12 +59,14 @@ from branchpoint.sampler.judge import Judge
 from branchpoint.sampler.policy import ChatPolicy, Sampling, seed_for, text_opening
 from branchpoint.store.builder import TreeBuilder, make_task
 from branchpoint.store.errors import (
+    BranchpointError,
     ContextOverflow,
     EndpointError,
     ReplayDivergence,
     TreeNotFound,
 )
 from branchpoint.store.events import Event, NodeCreated, ScoreAssigned
+from branchpoint.store.exports import tree_counts
 from branchpoint.store.log import EventLog
 
 __all__ = ["RunStats", "SampleConfig", "TreeOutcome", "run_name", "sample_run", "sample_tree"]
@@ -124,8 +126,15 @@ class RunStats:
     prompt_tokens: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     closed: dict[str, int] = field(default_factory=dict)
+    # The pairs of the trees finished here so far (not those found finished), as
+    # ``branchpoint export dpo`` with its default options would write them: each tree is
+    # read back and counted once, when it closes.
+    pairs: int = 0
+    branching_points: int = 0
+    pairs_uncounted: int = 0  # trees finished here that could not be read back to count
     # Where the time goes, summed over concurrent work (so the sum can exceed wall time):
-    # waiting for the model, stepping and forking environments, appending to the store.
+    # waiting for the model, stepping and forking environments, the store (appending, and
+    # reading each finished tree back to count its pairs).
     model_seconds: float = 0.0
     env_seconds: float = 0.0
     store_seconds: float = 0.0
@@ -210,12 +219,14 @@ def _stored_state(events: Sequence[Event]
 
 
 class Sampler:
-    """Grows the trees of one run. ``policy`` proposes steps; ``log`` stores them."""
+    """Grows the trees of one run. ``policy`` proposes steps; ``log`` stores them; with
+    ``count_pairs``, each tree finished here adds its pairs to ``stats``."""
 
     def __init__(self, config: SampleConfig, policy: ChatPolicy, log: EventLog, *,
                  use_tools: bool, stats: RunStats | None = None,
-                 judge: Judge | None = None) -> None:
+                 judge: Judge | None = None, count_pairs: bool = True) -> None:
         self.config = config
+        self.count_pairs = count_pairs
         self.judge = judge
         self.policy = policy
         self.log = log
@@ -252,6 +263,7 @@ class Sampler:
             builder = TreeBuilder.resume(tree_id, events, writer=self.config.writer)
             if builder.state.closed:
                 self.stats.trees_skipped += 1
+                self.stats.trees_done += 1
                 return TreeOutcome(tree_id, "skipped", len(builder.state.nodes) - 1, 0, True)
             self.stats.trees_resumed += 1
         else:
@@ -279,12 +291,31 @@ class Sampler:
             await tree.flush(self.stats)
         finally:
             self.stats.trees_running -= 1
+        if self.count_pairs:
+            await self._count_pairs(tree_id)
         self.stats.trees_done += 1
         self.stats.closed[reason] = self.stats.closed.get(reason, 0) + 1
         leaves = sum(1 for n in builder.state.nodes.values() if not n.children) \
             if builder.state.nodes else 0
         return TreeOutcome(tree_id, reason, len(builder.state.nodes) - 1, leaves,
                            bool(events), detail)
+
+    async def _count_pairs(self, tree_id: str) -> None:
+        """Add a tree just closed to the run's pair tally: read back once (in the store's
+        ``seq`` order, as every export reads it) and counted by the store's own pair
+        extraction with the export's default options, so the total is what ``branchpoint
+        export dpo`` would write from these trees, and no tree is read twice."""
+        started = time.perf_counter()
+        try:
+            counts = tree_counts(tree_id, await self.log.read_tree(tree_id))
+        except BranchpointError:
+            # The tree is stored and closed; only the figure is missing (said in the summary).
+            self.stats.pairs_uncounted += 1
+            return
+        finally:
+            self.stats.store_seconds += time.perf_counter() - started
+        self.stats.pairs += counts.pairs
+        self.stats.branching_points += counts.branching_points
 
     def _make_env(self, task_id: int, builder: TreeBuilder) -> Environment:
         root = builder.state.root
@@ -500,15 +531,17 @@ async def _all(jobs: Sequence[Coroutine[Any, Any, None]]) -> None:
 async def sample_run(config: SampleConfig, policy: ChatPolicy, log: EventLog, *,
                      use_tools: bool, stats: RunStats | None = None,
                      claims: Claims | None = None, judge: Judge | None = None,
-                     on_tree: Callable[[TreeOutcome], None] | None = None
-                     ) -> list[TreeOutcome]:
-    """Grow every task's tree, ``config.concurrency`` trees at a time.
+                     on_tree: Callable[[TreeOutcome], None] | None = None,
+                     count_pairs: bool = True) -> list[TreeOutcome]:
+    """Grow every task's tree, ``config.concurrency`` trees at a time; with
+    ``count_pairs``, ``stats.pairs`` counts the pairs of the trees finished so far.
 
     With ``claims``, trees are taken one at a time through leases shared with every other
     worker on the same store (see :mod:`branchpoint.sampler.claims`), and the run ends when
     no tree is left that this worker could claim.
     """
-    sampler = Sampler(config, policy, log, use_tools=use_tools, stats=stats, judge=judge)
+    sampler = Sampler(config, policy, log, use_tools=use_tools, stats=stats, judge=judge,
+                      count_pairs=count_pairs)
     sampler.stats.trees_total = len(config.tasks)
     outcomes: list[TreeOutcome] = []
 
