@@ -134,7 +134,7 @@ async def _run(db: str, config: Any, base_url: str, *, action_format: str,  # no
                 claims = open_claims(db, lease_seconds=lease_seconds)
                 try:
                     await sample_run(config, policy, log, use_tools=use_tools, stats=stats,
-                                     claims=claims, judge=judge)
+                                     claims=claims, judge=judge, on_tree=_tell)
                 finally:
                     await claims.close()
             finally:
@@ -149,6 +149,12 @@ async def _run(db: str, config: Any, base_url: str, *, action_format: str,  # no
         if judge is not None:
             await judge.close()
     return 0
+
+
+def _tell(outcome: Any) -> None:
+    """Say at once when another worker took a tree over from this one."""
+    if outcome.reason == "lease_lost":
+        typer.echo(outcome.detail["message"], err=True)
 
 
 def _summary(stats: Any) -> None:

@@ -47,11 +47,11 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from branchpoint.sampler.claims import Claims
+from branchpoint.sampler.claims import Claims, Leases
 from branchpoint.sampler.envs.base import Check, Environment, StepResult
 from branchpoint.sampler.envs.registry import env_from_task, make_env
 from branchpoint.sampler.fork import fork
@@ -62,7 +62,9 @@ from branchpoint.store.errors import (
     BranchpointError,
     ContextOverflow,
     EndpointError,
+    LeaseLost,
     ReplayDivergence,
+    StoreUnavailable,
     TreeNotFound,
 )
 from branchpoint.store.events import Event, NodeCreated, ScoreAssigned
@@ -178,11 +180,16 @@ class _Tree:
     judged: set[str] = field(default_factory=set)
     ended_by: set[str] = field(default_factory=set)
     budget_hit: bool = False
+    # Awaited before every write (Leases.check): raises LeaseLost once another worker has
+    # taken the tree over, so nothing more is written into it.
+    guard: Callable[[str], Awaitable[None]] | None = None
 
     async def flush(self, stats: RunStats | None = None) -> None:
         async with self.lock:
             events = self.builder.take()
             if events:
+                if self.guard is not None:
+                    await self.guard(self.tree_id)
                 started = time.perf_counter()
                 await self.log.append(events)
                 if stats is not None:
@@ -227,6 +234,7 @@ class Sampler:
                  judge: Judge | None = None, count_pairs: bool = True) -> None:
         self.config = config
         self.count_pairs = count_pairs
+        self.guard: Callable[[str], Awaitable[None]] | None = None  # see _Tree.guard
         self.judge = judge
         self.policy = policy
         self.log = log
@@ -269,7 +277,8 @@ class Sampler:
         else:
             builder = TreeBuilder(tree_id, writer=self.config.writer)
         scored, tokens, seen, lines = _stored_state(events)
-        tree = _Tree(tree_id, builder, self.log, asyncio.Lock(), scored, tokens, seen, lines)
+        tree = _Tree(tree_id, builder, self.log, asyncio.Lock(), scored, tokens, seen, lines,
+                     guard=self.guard)
         tree.judged = {ev.payload.node_id for ev in events
                        if isinstance(ev.payload, ScoreAssigned) and ev.payload.source == "judge"}
         env = self._make_env(task_id, builder)
@@ -559,42 +568,83 @@ async def sample_run(config: SampleConfig, policy: ChatPolicy, log: EventLog, *,
 
         await asyncio.gather(*(one(t) for t in config.tasks))
         return outcomes
+    await _claimed_run(sampler, claims, done)
+    return outcomes
 
+
+async def _claimed_run(sampler: Sampler, claims: Claims,
+                       done: Callable[[TreeOutcome], None]) -> None:
+    """``sample_run`` with claims: ``concurrency`` loops each claim a tree and grow it
+    until none is left to claim, while the leases are renewed."""
+    config = sampler.config
     task_of = {sampler.tree_id(t): t for t in config.tasks}
     await claims.register(sampler.run, list(task_of))
-    held: set[str] = set()
+    jobs: dict[str, asyncio.Task[TreeOutcome]] = {}
     claiming = asyncio.Lock()
+
+    def stop_job(tree_id: str, holder: str | None) -> None:
+        # Taken over: stop at once (any write into the tree would be refused anyway).
+        job = jobs.get(tree_id)
+        if job is not None:
+            job.cancel()
+
+    leases = Leases(claims, on_lost=stop_job)
+    sampler.guard = leases.check
 
     async def loop() -> None:
         while True:
             async with claiming:
-                tree_id = await claims.claim(sampler.run, frozenset(held))
+                since = time.time()
+                tree_id = await claims.claim(sampler.run, frozenset(jobs))
                 if tree_id is None:
                     return
-                held.add(tree_id)
+                leases.hold(tree_id, since)
+                job = asyncio.create_task(sampler.sample_tree(task_of[tree_id]))
+                jobs[tree_id] = job
             try:
-                done(await sampler.sample_tree(task_of[tree_id]))
+                outcome = await job
+            except (asyncio.CancelledError, LeaseLost):
+                me = asyncio.current_task()
+                if tree_id not in leases.lost or (me is not None and me.cancelling()):
+                    raise
+                done(_lost(sampler.stats, tree_id, leases.lost[tree_id]))
+            else:
+                done(outcome)
                 await claims.finish(tree_id)
             finally:
-                held.discard(tree_id)
+                jobs.pop(tree_id, None)
+                leases.release(tree_id)
 
     stop = asyncio.Event()
-
-    async def renew() -> None:
-        period = max(0.05, float(getattr(claims, "lease", 300.0)) / 3)
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), period)
-            if not stop.is_set():
-                await claims.renew()
-
-    renewer = asyncio.create_task(renew())
+    renewer = asyncio.create_task(_renew(leases, sampler.stats, stop))
     try:
         await asyncio.gather(*(loop() for _ in range(max(1, config.concurrency))))
     finally:
         stop.set()
         await renewer
-    return outcomes
+
+
+async def _renew(leases: Leases, stats: RunStats, stop: asyncio.Event) -> None:
+    """Renew every third of the lease until ``stop``."""
+    period = max(0.05, leases.lease / 3)
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), period)
+        if not stop.is_set():
+            try:
+                await leases.renew()
+            except StoreUnavailable:
+                # Tried again next period; meanwhile no write goes into a tree whose lease
+                # may have run out (Leases.check renews first).
+                stats.error("lease_renewal")
+
+
+def _lost(stats: RunStats, tree_id: str, holder: str | None) -> TreeOutcome:
+    stats.error("lease_lost")
+    message = (f"tree {tree_id}: this worker's lease ran out and {holder or 'no worker'} "
+               "holds it now; stopped without writing to it again")
+    return TreeOutcome(tree_id, "lease_lost", 0, 0, True,
+                       {"message": message, "holder": holder, "kind": "lease_lost"})
 
 
 async def sample_tree(config: SampleConfig, policy: ChatPolicy, log: EventLog, task_id: int,

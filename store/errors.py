@@ -11,6 +11,7 @@ branchpoint::
     ├── StoreUnavailable (ConnectionError) the database cannot be reached or opened
     ├── UnknownEnvironment (LookupError)   no environment registered under that name
     ├── ReplayDivergence (RuntimeError)    a replayed action got another observation
+    ├── LeaseLost (RuntimeError)           another sampler worker took over a claimed tree
     ├── MissingDependency (ImportError)    an optional extra is not installed
     ├── ServeError (RuntimeError)          a model server could not be set up or started
     └── EndpointError (ConnectionError)    a model endpoint failed (after retries)
@@ -149,6 +150,16 @@ class UnknownEnvironment(BranchpointError, LookupError):
 
 class ReplayDivergence(BranchpointError, RuntimeError):
     """Replaying a recorded action produced an observation other than the recorded one."""
+
+
+class LeaseLost(BranchpointError, RuntimeError):
+    """A sampler worker's lease on a tree ran out and another worker took the tree over:
+    this worker stops working on it and writes nothing more into it. ``holder`` names the
+    worker that holds it now (None when the claim is gone)."""
+
+    def __init__(self, message: str, *, tree_id: str, holder: str | None = None) -> None:
+        super().__init__(message)
+        self.tree_id, self.holder = tree_id, holder
 
 
 class MissingDependency(BranchpointError, ImportError):
