@@ -68,7 +68,7 @@ def _line(stats: Any) -> str:
     errors = sum(stats.errors.values())
     return (f"trees {stats.trees_done}/{stats.trees_total} done, {stats.trees_running} "
             f"running; nodes {stats.nodes}; leaves {stats.leaves}; requests "
-            f"{stats.requests}; {rate:.0f} tokens/s; errors {errors}")
+            f"{stats.requests}; {rate:.0f} tokens/s; pairs {stats.pairs}; errors {errors}")
 
 
 async def _progress(stats: Any, done: asyncio.Event, tty: bool) -> None:
@@ -95,8 +95,7 @@ async def _run(db: str, config: Any, base_url: str, *, action_format: str,  # no
     from branchpoint.sampler.envs.registry import make_env
     from branchpoint.sampler.grow import RunStats, require_scorer, run_name, sample_run
     from branchpoint.sampler.policy import ChatPolicy
-    from branchpoint.store.exports import ExportOptions, compute_stats
-    from branchpoint.store.log import TreeFilter, open_log
+    from branchpoint.store.log import open_log
 
     policy = ChatPolicy(base_url, config.model, config.sampling, api_key=api_key)
     try:
@@ -138,24 +137,15 @@ async def _run(db: str, config: Any, base_url: str, *, action_format: str,  # no
             try:
                 claims = open_claims(db, lease_seconds=lease_seconds)
                 try:
-                    outcomes = await sample_run(config, policy, log, use_tools=use_tools,
-                                                stats=stats, claims=claims, judge=judge)
+                    await sample_run(config, policy, log, use_tools=use_tools, stats=stats,
+                                     claims=claims, judge=judge, on_tree=_tell)
                 finally:
                     await claims.close()
             finally:
                 done.set()
                 if shown is not None:
                     await shown
-            pairs: int | None = 0
-            try:
-                # The pairs of the trees sampled here, with the export's default options.
-                for outcome in outcomes:
-                    report = await compute_stats(log, ExportOptions(
-                        where=TreeFilter(tree_id=outcome.tree_id)))
-                    pairs = (pairs or 0) + int(report.get("pairs") or 0)
-            except BranchpointError:
-                pairs = None
-            _summary(stats, pairs)
+            _summary(stats)
         finally:
             await log.close()
     finally:
@@ -165,7 +155,15 @@ async def _run(db: str, config: Any, base_url: str, *, action_format: str,  # no
     return 0
 
 
-def _summary(stats: Any, pairs: Any) -> None:
+def _tell(outcome: Any) -> None:
+    """Say at once when another worker took a tree over from this one."""
+    if outcome.reason == "lease_lost":
+        typer.echo(outcome.detail["message"], err=True)
+
+
+def _summary(stats: Any) -> None:
+    from branchpoint.store.pairs import DEFAULT_MARGIN
+
     closed = ", ".join(f"{k} {v}" for k, v in sorted(stats.closed.items())) or "none"
     errors = ", ".join(f"{k} {v}" for k, v in sorted(stats.errors.items())) or "none"
     rate = stats.completion_tokens / stats.seconds if stats.seconds > 0 else 0.0
@@ -177,8 +175,12 @@ def _summary(stats: Any, pairs: Any) -> None:
     typer.echo(f"nodes: {stats.nodes} new; leaves: {stats.leaves}; requests: "
                f"{stats.requests}; completion tokens: {stats.completion_tokens} "
                f"({rate:.0f}/s); wall time: {stats.seconds:.1f} s")
-    if pairs is not None:
-        typer.echo(f"pairs in the trees sampled here: {pairs}")
+    # Counted tree by tree as they closed (RunStats.pairs): what `export dpo` with its
+    # default options writes from these trees.
+    uncounted = (f"; {stats.pairs_uncounted} trees could not be read back to count theirs"
+                 if stats.pairs_uncounted else "")
+    typer.echo(f"pairs in the trees sampled here: {stats.pairs} (from "
+               f"{stats.branching_points} branching points, margin {DEFAULT_MARGIN}){uncounted}")
     typer.echo(f"errors: {errors}")
 
 

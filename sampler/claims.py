@@ -16,6 +16,20 @@ finished from what it stored. A worker also takes over at once the leases of dea
 processes of its own host (same host name, process gone), so a run restarted on the same
 machine does not wait for them. A finished tree is marked so; a run exits when no tree is
 left that it could claim (trees still leased by live workers are theirs to finish).
+
+A worker can outlive its lease without dying: paused (a stopped process, a suspended
+machine), cut off from the database so that its renewals fail, or with an event loop
+blocked for longer than the lease. Another worker may then take its tree over. The first
+one finds out when it next renews (:meth:`Claims.renew` extends only the leases the worker
+still holds, and reports the others with their new holder), and :class:`Leases` stops it:
+its work on that tree is cancelled, and every write into a tree is preceded by
+:meth:`Leases.check`, which renews first (and refuses with
+:class:`~branchpoint.store.errors.LeaseLost`) when less than a quarter of the lease may be
+left by this worker's clock. So a write starts with at least a quarter of a lease that is
+this worker's, and a worker writes nothing into a tree after another has taken it over,
+unless paused for that long between the check and the write itself (leases are compared
+across machines by their clocks: keep them in sync to well under the lease). Marking a
+tree finished is also done only by the worker holding it.
 """
 
 from __future__ import annotations
@@ -27,13 +41,14 @@ import re
 import socket
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from branchpoint.store.errors import StoreUnavailable
+from branchpoint.store.errors import LeaseLost, StoreUnavailable
 
-__all__ = ["Claims", "MemoryClaims", "SqlClaims", "Worker", "open_claims", "pid_alive"]
+__all__ = ["Claims", "Leases", "MemoryClaims", "SqlClaims", "Worker", "open_claims",
+           "pid_alive"]
 
 
 def pid_alive(pid: int) -> bool:
@@ -62,11 +77,23 @@ class Worker:
 
 
 class Claims(Protocol):
+    lease: float
+
     async def register(self, run: str, tree_ids: Sequence[str]) -> None: ...
     async def claim(self, run: str, exclude: frozenset[str] = frozenset()
                     ) -> str | None: ...
-    async def renew(self) -> None: ...
-    async def finish(self, tree_id: str) -> None: ...
+
+    async def renew(self, tree_ids: Collection[str]) -> dict[str, str | None]:
+        """Extend this worker's unfinished leases on ``tree_ids`` (also one that ran out
+        but that nobody took); return the others, each with the worker holding it now
+        (None when its claim is gone), e.g. taken over after this worker's lease expired,
+        or finished by that worker."""
+        ...
+
+    async def finish(self, tree_id: str) -> None:
+        """Mark the tree done, if this worker holds it: nobody claims it again."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -103,14 +130,20 @@ class MemoryClaims:
                 return t
         return None
 
-    async def renew(self) -> None:
-        now = time.time()
-        for row in self.rows.values():
-            if row[1] == self.worker.name and not row[5]:
+    async def renew(self, tree_ids: Collection[str]) -> dict[str, str | None]:
+        now, lost = time.time(), {}
+        for t in tree_ids:
+            row = self.rows.get(t)
+            if row is not None and row[1] == self.worker.name and not row[5]:
                 row[4] = now + self.lease
+            else:
+                lost[t] = row[1] if row is not None else None
+        return lost
 
     async def finish(self, tree_id: str) -> None:
-        self.rows[tree_id][5] = 1
+        row = self.rows.get(tree_id)
+        if row is not None and row[1] == self.worker.name:
+            row[5] = 1
 
     async def close(self) -> None:
         pass
@@ -249,35 +282,134 @@ class SqlClaims:
                     return str(row[0])
         return None
 
-    async def renew(self) -> None:
-        """Extend every unfinished lease this worker holds."""
-        until = time.time() + self.lease
+    async def renew(self, tree_ids: Collection[str]) -> dict[str, str | None]:
+        """See :meth:`Claims.renew`. One statement: a worker claiming one of these trees
+        at the same moment either commits first (then the tree is reported lost) or
+        waits for this one (then it finds the lease extended)."""
+        ids = sorted(set(tree_ids))
+        if not ids:
+            return {}
+        until, me = time.time() + self.lease, self.worker.name
         if self.pg:
             async with self._pg_lock:
                 conn = await self._pg()
-                await conn.execute("UPDATE claims SET expires_at = $1 WHERE worker = $2 "
-                                   "AND finished = 0", until, self.worker.name)
-            return
-        await self._sq(lambda c: c.execute(
-            "UPDATE claims SET expires_at = ? WHERE worker = ? AND finished = 0",
-            (until, self.worker.name)))
+                kept = await conn.fetch(
+                    "UPDATE claims SET expires_at = $1 WHERE worker = $2 AND finished = 0 "
+                    "AND tree_id = ANY($3::text[]) RETURNING tree_id", until, me, ids)
+                lost = set(ids) - {r[0] for r in kept}
+                rows = await conn.fetch("SELECT tree_id, worker FROM claims "
+                                        "WHERE tree_id = ANY($1::text[])", sorted(lost)
+                                        ) if lost else []
+            holders = {r[0]: r[1] for r in rows}
+            return {t: holders.get(t) for t in sorted(lost)}
+
+        def go(conn: sqlite3.Connection) -> dict[str, str | None]:
+            marks = ", ".join("?" * len(ids))
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                kept = {r[0] for r in conn.execute(
+                    f"UPDATE claims SET expires_at = ? WHERE worker = ? AND finished = 0 "
+                    f"AND tree_id IN ({marks}) RETURNING tree_id", (until, me, *ids))}
+                lost = [t for t in ids if t not in kept]
+                holders = dict(conn.execute(
+                    f"SELECT tree_id, worker FROM claims WHERE tree_id IN "
+                    f"({', '.join('?' * len(lost))})", lost).fetchall()) if lost else {}
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return {t: holders.get(t) for t in lost}
+
+        result: dict[str, str | None] = await self._sq(go)
+        return result
 
     async def finish(self, tree_id: str) -> None:
-        """Mark the tree done: nobody claims it again."""
+        """Mark the tree done, if this worker holds it: nobody claims it again."""
         if self.pg:
             async with self._pg_lock:
                 conn = await self._pg()
-                await conn.execute("UPDATE claims SET finished = 1 WHERE tree_id = $1",
-                                   tree_id)
+                await conn.execute("UPDATE claims SET finished = 1 WHERE tree_id = $1 "
+                                   "AND worker = $2", tree_id, self.worker.name)
             return
         await self._sq(lambda c: c.execute(
-            "UPDATE claims SET finished = 1 WHERE tree_id = ?", (tree_id,)))
+            "UPDATE claims SET finished = 1 WHERE tree_id = ? AND worker = ?",
+            (tree_id, self.worker.name)))
 
     async def close(self) -> None:
         if self._pg_conn is not None:
             with contextlib.suppress(Exception):
                 await self._pg_conn.close()
             self._pg_conn = None
+
+
+class Leases:
+    """The leases one worker holds while it works, kept alive, and its guard against
+    writing into a tree another worker has taken over (the module docstring).
+
+    ``hold`` a tree from just before claiming it, ``release`` it when done; ``renew``
+    every third of the lease. A tree found lost (by ``renew`` or ``check``) is kept in
+    :attr:`lost` and handed to ``on_lost(tree_id, holder)`` once.
+    """
+
+    def __init__(self, claims: Claims, on_lost: Callable[[str, str | None], None]
+                 | None = None) -> None:
+        self.claims, self.on_lost = claims, on_lost
+        self.lease = float(claims.lease)
+        self.valid_until: dict[str, float] = {}  # by this worker's clock
+        self.lost: dict[str, str | None] = {}
+
+    def hold(self, tree_id: str, since: float) -> None:
+        """``tree_id`` was claimed by a call started at ``since`` (``time.time()``)."""
+        self.valid_until[tree_id] = since + self.lease
+        self.lost.pop(tree_id, None)
+
+    def release(self, tree_id: str) -> None:
+        self.valid_until.pop(tree_id, None)
+
+    async def renew(self, tree_ids: Collection[str] | None = None) -> dict[str, str | None]:
+        """Renew the leases on ``tree_ids`` (default: every tree held); returns those
+        lost, with their holders.
+
+        Raises:
+            StoreUnavailable: the claims could not be reached (nothing is known lost).
+        """
+        ids = [t for t in (self.valid_until if tree_ids is None else tree_ids)
+               if t in self.valid_until]
+        since = time.time()
+        lost = await self.claims.renew(ids)
+        for t in ids:
+            if t in lost:
+                self._lose(t, lost[t])
+            elif t in self.valid_until:
+                self.valid_until[t] = since + self.lease
+        return lost
+
+    def _lose(self, tree_id: str, holder: str | None) -> None:
+        self.valid_until.pop(tree_id, None)
+        if tree_id not in self.lost:
+            self.lost[tree_id] = holder
+            if self.on_lost is not None:
+                self.on_lost(tree_id, holder)
+
+    async def check(self, tree_id: str) -> None:
+        """Call before writing into ``tree_id``: returns when this worker still holds it,
+        renewing first when less than a quarter of the lease may be left.
+
+        Raises:
+            LeaseLost: another worker holds the tree now (or it is no longer claimed).
+            StoreUnavailable: the lease had to be renewed and the claims could not be
+                reached.
+        """
+        if tree_id not in self.lost and time.time() < \
+                self.valid_until.get(tree_id, float("-inf")) - self.lease / 4:
+            return
+        if tree_id not in self.lost and tree_id in self.valid_until:
+            await self.renew([tree_id])
+        if tree_id in self.lost or tree_id not in self.valid_until:
+            holder = self.lost.get(tree_id)
+            raise LeaseLost(f"tree {tree_id}: this worker's lease ran out and "
+                            f"{holder or 'no worker'} holds it now; stopped without "
+                            "writing to it", tree_id=tree_id, holder=holder)
 
 
 def _pg_dsn(url: str) -> tuple[str, str | None]:

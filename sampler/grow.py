@@ -47,11 +47,11 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from branchpoint.sampler.claims import Claims
+from branchpoint.sampler.claims import Claims, Leases
 from branchpoint.sampler.envs.base import Check, Environment, StepResult
 from branchpoint.sampler.envs.registry import env_from_task, make_env
 from branchpoint.sampler.fork import fork
@@ -59,12 +59,16 @@ from branchpoint.sampler.judge import Judge
 from branchpoint.sampler.policy import ChatPolicy, Sampling, seed_for, text_opening
 from branchpoint.store.builder import TreeBuilder, make_task
 from branchpoint.store.errors import (
+    BranchpointError,
     ContextOverflow,
     EndpointError,
+    LeaseLost,
     ReplayDivergence,
+    StoreUnavailable,
     TreeNotFound,
 )
 from branchpoint.store.events import Event, NodeCreated, ScoreAssigned
+from branchpoint.store.exports import tree_counts
 from branchpoint.store.log import EventLog
 
 __all__ = ["RunStats", "SampleConfig", "TreeOutcome", "require_scorer", "run_name", "sample_run",
@@ -125,8 +129,15 @@ class RunStats:
     prompt_tokens: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     closed: dict[str, int] = field(default_factory=dict)
+    # The pairs of the trees finished here so far (not those found finished), as
+    # ``branchpoint export dpo`` with its default options would write them: each tree is
+    # read back and counted once, when it closes.
+    pairs: int = 0
+    branching_points: int = 0
+    pairs_uncounted: int = 0  # trees finished here that could not be read back to count
     # Where the time goes, summed over concurrent work (so the sum can exceed wall time):
-    # waiting for the model, stepping and forking environments, appending to the store.
+    # waiting for the model, stepping and forking environments, the store (appending, and
+    # reading each finished tree back to count its pairs).
     model_seconds: float = 0.0
     env_seconds: float = 0.0
     store_seconds: float = 0.0
@@ -170,11 +181,16 @@ class _Tree:
     judged: set[str] = field(default_factory=set)
     ended_by: set[str] = field(default_factory=set)
     budget_hit: bool = False
+    # Awaited before every write (Leases.check): raises LeaseLost once another worker has
+    # taken the tree over, so nothing more is written into it.
+    guard: Callable[[str], Awaitable[None]] | None = None
 
     async def flush(self, stats: RunStats | None = None) -> None:
         async with self.lock:
             events = self.builder.take()
             if events:
+                if self.guard is not None:
+                    await self.guard(self.tree_id)
                 started = time.perf_counter()
                 await self.log.append(events)
                 if stats is not None:
@@ -211,12 +227,15 @@ def _stored_state(events: Sequence[Event]
 
 
 class Sampler:
-    """Grows the trees of one run. ``policy`` proposes steps; ``log`` stores them."""
+    """Grows the trees of one run. ``policy`` proposes steps; ``log`` stores them; with
+    ``count_pairs``, each tree finished here adds its pairs to ``stats``."""
 
     def __init__(self, config: SampleConfig, policy: ChatPolicy, log: EventLog, *,
                  use_tools: bool, stats: RunStats | None = None,
-                 judge: Judge | None = None) -> None:
+                 judge: Judge | None = None, count_pairs: bool = True) -> None:
         self.config = config
+        self.count_pairs = count_pairs
+        self.guard: Callable[[str], Awaitable[None]] | None = None  # see _Tree.guard
         self.judge = judge
         self.policy = policy
         self.log = log
@@ -253,12 +272,14 @@ class Sampler:
             builder = TreeBuilder.resume(tree_id, events, writer=self.config.writer)
             if builder.state.closed:
                 self.stats.trees_skipped += 1
+                self.stats.trees_done += 1
                 return TreeOutcome(tree_id, "skipped", len(builder.state.nodes) - 1, 0, True)
             self.stats.trees_resumed += 1
         else:
             builder = TreeBuilder(tree_id, writer=self.config.writer)
         scored, tokens, seen, lines = _stored_state(events)
-        tree = _Tree(tree_id, builder, self.log, asyncio.Lock(), scored, tokens, seen, lines)
+        tree = _Tree(tree_id, builder, self.log, asyncio.Lock(), scored, tokens, seen, lines,
+                     guard=self.guard)
         tree.judged = {ev.payload.node_id for ev in events
                        if isinstance(ev.payload, ScoreAssigned) and ev.payload.source == "judge"}
         env = self._make_env(task_id, builder)
@@ -280,12 +301,31 @@ class Sampler:
             await tree.flush(self.stats)
         finally:
             self.stats.trees_running -= 1
+        if self.count_pairs:
+            await self._count_pairs(tree_id)
         self.stats.trees_done += 1
         self.stats.closed[reason] = self.stats.closed.get(reason, 0) + 1
         leaves = sum(1 for n in builder.state.nodes.values() if not n.children) \
             if builder.state.nodes else 0
         return TreeOutcome(tree_id, reason, len(builder.state.nodes) - 1, leaves,
                            bool(events), detail)
+
+    async def _count_pairs(self, tree_id: str) -> None:
+        """Add a tree just closed to the run's pair tally: read back once (in the store's
+        ``seq`` order, as every export reads it) and counted by the store's own pair
+        extraction with the export's default options, so the total is what ``branchpoint
+        export dpo`` would write from these trees, and no tree is read twice."""
+        started = time.perf_counter()
+        try:
+            counts = tree_counts(tree_id, await self.log.read_tree(tree_id))
+        except BranchpointError:
+            # The tree is stored and closed; only the figure is missing (said in the summary).
+            self.stats.pairs_uncounted += 1
+            return
+        finally:
+            self.stats.store_seconds += time.perf_counter() - started
+        self.stats.pairs += counts.pairs
+        self.stats.branching_points += counts.branching_points
 
     def _make_env(self, task_id: int, builder: TreeBuilder) -> Environment:
         root = builder.state.root
@@ -521,9 +561,10 @@ def require_scorer(env: Environment, judge: Judge | None) -> None:
 async def sample_run(config: SampleConfig, policy: ChatPolicy, log: EventLog, *,
                      use_tools: bool, stats: RunStats | None = None,
                      claims: Claims | None = None, judge: Judge | None = None,
-                     on_tree: Callable[[TreeOutcome], None] | None = None
-                     ) -> list[TreeOutcome]:
-    """Grow every task's tree, ``config.concurrency`` trees at a time.
+                     on_tree: Callable[[TreeOutcome], None] | None = None,
+                     count_pairs: bool = True) -> list[TreeOutcome]:
+    """Grow every task's tree, ``config.concurrency`` trees at a time; with
+    ``count_pairs``, ``stats.pairs`` counts the pairs of the trees finished so far.
 
     With ``claims``, trees are taken one at a time through leases shared with every other
     worker on the same store (see :mod:`branchpoint.sampler.claims`), and the run ends when
@@ -532,7 +573,8 @@ async def sample_run(config: SampleConfig, policy: ChatPolicy, log: EventLog, *,
     if config.tasks:
         with make_env(config.env, config.tasks[0], **config.options) as probe:
             require_scorer(probe, judge)
-    sampler = Sampler(config, policy, log, use_tools=use_tools, stats=stats, judge=judge)
+    sampler = Sampler(config, policy, log, use_tools=use_tools, stats=stats, judge=judge,
+                      count_pairs=count_pairs)
     sampler.stats.trees_total = len(config.tasks)
     outcomes: list[TreeOutcome] = []
 
@@ -550,42 +592,83 @@ async def sample_run(config: SampleConfig, policy: ChatPolicy, log: EventLog, *,
 
         await asyncio.gather(*(one(t) for t in config.tasks))
         return outcomes
+    await _claimed_run(sampler, claims, done)
+    return outcomes
 
+
+async def _claimed_run(sampler: Sampler, claims: Claims,
+                       done: Callable[[TreeOutcome], None]) -> None:
+    """``sample_run`` with claims: ``concurrency`` loops each claim a tree and grow it
+    until none is left to claim, while the leases are renewed."""
+    config = sampler.config
     task_of = {sampler.tree_id(t): t for t in config.tasks}
     await claims.register(sampler.run, list(task_of))
-    held: set[str] = set()
+    jobs: dict[str, asyncio.Task[TreeOutcome]] = {}
     claiming = asyncio.Lock()
+
+    def stop_job(tree_id: str, holder: str | None) -> None:
+        # Taken over: stop at once (any write into the tree would be refused anyway).
+        job = jobs.get(tree_id)
+        if job is not None:
+            job.cancel()
+
+    leases = Leases(claims, on_lost=stop_job)
+    sampler.guard = leases.check
 
     async def loop() -> None:
         while True:
             async with claiming:
-                tree_id = await claims.claim(sampler.run, frozenset(held))
+                since = time.time()
+                tree_id = await claims.claim(sampler.run, frozenset(jobs))
                 if tree_id is None:
                     return
-                held.add(tree_id)
+                leases.hold(tree_id, since)
+                job = asyncio.create_task(sampler.sample_tree(task_of[tree_id]))
+                jobs[tree_id] = job
             try:
-                done(await sampler.sample_tree(task_of[tree_id]))
+                outcome = await job
+            except (asyncio.CancelledError, LeaseLost):
+                me = asyncio.current_task()
+                if tree_id not in leases.lost or (me is not None and me.cancelling()):
+                    raise
+                done(_lost(sampler.stats, tree_id, leases.lost[tree_id]))
+            else:
+                done(outcome)
                 await claims.finish(tree_id)
             finally:
-                held.discard(tree_id)
+                jobs.pop(tree_id, None)
+                leases.release(tree_id)
 
     stop = asyncio.Event()
-
-    async def renew() -> None:
-        period = max(0.05, float(getattr(claims, "lease", 300.0)) / 3)
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), period)
-            if not stop.is_set():
-                await claims.renew()
-
-    renewer = asyncio.create_task(renew())
+    renewer = asyncio.create_task(_renew(leases, sampler.stats, stop))
     try:
         await asyncio.gather(*(loop() for _ in range(max(1, config.concurrency))))
     finally:
         stop.set()
         await renewer
-    return outcomes
+
+
+async def _renew(leases: Leases, stats: RunStats, stop: asyncio.Event) -> None:
+    """Renew every third of the lease until ``stop``."""
+    period = max(0.05, leases.lease / 3)
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), period)
+        if not stop.is_set():
+            try:
+                await leases.renew()
+            except StoreUnavailable:
+                # Tried again next period; meanwhile no write goes into a tree whose lease
+                # may have run out (Leases.check renews first).
+                stats.error("lease_renewal")
+
+
+def _lost(stats: RunStats, tree_id: str, holder: str | None) -> TreeOutcome:
+    stats.error("lease_lost")
+    message = (f"tree {tree_id}: this worker's lease ran out and {holder or 'no worker'} "
+               "holds it now; stopped without writing to it again")
+    return TreeOutcome(tree_id, "lease_lost", 0, 0, True,
+                       {"message": message, "holder": holder, "kind": "lease_lost"})
 
 
 async def sample_tree(config: SampleConfig, policy: ChatPolicy, log: EventLog, task_id: int,

@@ -12,6 +12,7 @@ branchpoint::
     ├── UnknownEnvironment (LookupError)   no environment registered under that name
     ├── ReplayDivergence (RuntimeError)    a replayed action got another observation
     ├── EnvironmentUnavailable (ConnectionError)  an environment's server cannot be reached
+    ├── LeaseLost (RuntimeError)           another sampler worker took over a claimed tree
     ├── MissingDependency (ImportError)    an optional extra is not installed
     ├── ServeError (RuntimeError)          a model server could not be set up or started
     └── EndpointError (ConnectionError)    a model endpoint failed (after retries)
@@ -156,6 +157,16 @@ class EnvironmentUnavailable(BranchpointError, ConnectionError):
     """An environment served by another process (an OpenEnv server at a URL) cannot be
     reached, refused a session (at capacity, its factory failed), or stopped answering;
     the message names the server and what it said."""
+
+
+class LeaseLost(BranchpointError, RuntimeError):
+    """A sampler worker's lease on a tree ran out and another worker took the tree over:
+    this worker stops working on it and writes nothing more into it. ``holder`` names the
+    worker that holds it now (None when the claim is gone)."""
+
+    def __init__(self, message: str, *, tree_id: str, holder: str | None = None) -> None:
+        super().__init__(message)
+        self.tree_id, self.holder = tree_id, holder
 
 
 class MissingDependency(BranchpointError, ImportError):

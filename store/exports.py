@@ -100,6 +100,7 @@ __all__ = [
     "compute_stats",
     "export_lines",
     "render_message",
+    "tree_counts",
 ]
 
 #: The formats of training data, each derived from trees.
@@ -493,6 +494,23 @@ async def _trajectory_pairs(log: EventLog, options: ExportOptions) -> AsyncItera
             yield _line(row)
 
 
+def tree_counts(tree_id: str, events: Sequence[Event], options: ExportOptions | None = None
+                ) -> Counts:
+    """One tree's tally under ``options`` (default: the export's defaults): its pairs, its
+    branching points and why the others gave none, its nodes. :func:`compute_stats` adds
+    these up over trees; a caller that sees trees finish one at a time (the sampler's
+    progress display) keeps the same running total without reading a tree twice.
+
+    Raises:
+        ValueError: an option out of range.
+    """
+    options = options or ExportOptions()
+    view = TreeView(tree_id, events, options)
+    _, counts = view.pairs()
+    counts.trees, counts.nodes = 1, view.graph.number_of_nodes()
+    return counts
+
+
 async def compute_stats(log: EventLog, options: ExportOptions | None = None) -> dict[str, Any]:
     """``{"trees", "nodes", "branching_points", "pairs", "dropped": {"tie", "under_margin",
     "identical", "low_confidence"}, "by_env": {ENV: {the same keys}}}`` over every tree
@@ -510,9 +528,7 @@ async def compute_stats(log: EventLog, options: ExportOptions | None = None) -> 
     total = Counts()
     by_env: dict[str, Counts] = {}
     for summary in await _trees(log, options):
-        view = TreeView(summary.tree_id, await log.read_tree(summary.tree_id), options)
-        _, counts = view.pairs()
-        counts.trees, counts.nodes = 1, view.graph.number_of_nodes()
+        counts = tree_counts(summary.tree_id, await log.read_tree(summary.tree_id), options)
         total.add(counts)
         by_env.setdefault(summary.env, Counts()).add(counts)
     return {**total.as_dict(),

@@ -10,8 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from branchpoint.cli.main import app
-from branchpoint.cli.sample import parse_options, parse_tasks
+from branchpoint.cli.sample import _line, parse_options, parse_tasks
 from branchpoint.sampler.envs.base import split_of, tasks_in_split
+from branchpoint.sampler.grow import RunStats
 from branchpoint.store.log import open_log
 from tests.sampler.scripted_endpoint import ScriptedEndpoint, error
 
@@ -54,6 +55,24 @@ def test_sample_grows_and_closes_one_tree_per_task_and_prints_a_summary(tmp_path
     assert sorted(tree_ids(db)) == sorted(f"r1/fs/{t}" for t in tasks_in_split("train", 2))
     sampled = [r for r in ep.requests if r["n"] == 2]  # not the tools probes (n=1)
     assert len(sampled) == 2  # the second run asked nothing
+
+
+def test_the_summary_and_the_progress_line_count_the_pairs_the_export_writes(
+        tmp_path: Path) -> None:
+    db = tmp_path / "bp.db"
+
+    def split(body: dict[str, Any]) -> Any:
+        # submit (partial credit) against a stray file (nothing met): one pair per tree
+        return [{"content": c} for c in ("submit", "write /junk.txt x")][: body["n"]]
+
+    with ScriptedEndpoint(split) as ep:
+        result = runner.invoke(app, args(db, ep.base_url, "--run", "p"))
+    assert result.exit_code == 0, result.output
+    assert "pairs in the trees sampled here: 2 (from 4 branching points" in result.output
+    exported = runner.invoke(app, ["export", "dpo", "--db", f"sqlite:///{db}"])
+    assert exported.exit_code == 0 and len(exported.stdout.splitlines()) == 2
+    stats = RunStats(trees_total=3, trees_done=1, trees_running=2, pairs=5)
+    assert "trees 1/3 done, 2 running" in _line(stats) and "pairs 5" in _line(stats)
 
 
 def test_an_unreachable_endpoint_exits_1_before_storing_anything(tmp_path: Path) -> None:

@@ -1,18 +1,22 @@
 """Task claims with leases, on SQLite, PostgreSQL and in memory; and two sampler workers
-sharing one PostgreSQL store never sample the same tree."""
+sharing one PostgreSQL store never sample the same tree; a worker whose lease was taken
+over stops without writing into the tree again."""
 
 from __future__ import annotations
 
 import asyncio
 import subprocess
 import sys
+import threading
+import time
 from typing import Any
 
 import pytest
 
-from branchpoint.sampler.claims import Claims, MemoryClaims, SqlClaims, Worker
-from branchpoint.sampler.grow import SampleConfig, sample_run
+from branchpoint.sampler.claims import Claims, Leases, MemoryClaims, SqlClaims, Worker
+from branchpoint.sampler.grow import RunStats, SampleConfig, sample_run
 from branchpoint.sampler.policy import ChatPolicy, Sampling
+from branchpoint.store.errors import LeaseLost
 from branchpoint.store.events import NodeCreated, TreeClosed
 from branchpoint.store.log import open_log
 from tests.sampler.scripted_endpoint import ScriptedEndpoint
@@ -124,3 +128,149 @@ async def test_two_sampler_workers_on_postgresql_split_the_tasks(pg_url: str) ->
             assert len([e for e in events if isinstance(e.payload, TreeClosed)]) == 1
     finally:
         await log.close()
+
+
+def beside(url: str, first: Claims, name: str, lease: float = 60.0) -> Claims:
+    """Another worker on the same claims (in memory: the same rows)."""
+    other = make(url, name, lease)
+    if isinstance(first, MemoryClaims) and isinstance(other, MemoryClaims):
+        other.rows = first.rows
+    return other
+
+
+async def test_a_worker_learns_when_it_renews_that_its_expired_lease_was_taken_over(
+        any_claims_url: str) -> None:
+    url = any_claims_url
+    a = make(url, "a", lease=-1)  # runs out at once: a stalled worker
+    await a.register(RUN, TREES[:2])
+    first = await a.claim(RUN)
+    second = await a.claim(RUN, frozenset({first or ""}))
+    assert first and second
+    b = beside(url, a, "b")
+    assert await b.claim(RUN) == first  # expired: taken over
+    # The lease nobody took is still a's (renewed); the other is reported with its holder.
+    assert await a.renew([first, second]) == {first: "b"}
+    await a.finish(first)  # not a's any more: marks nothing
+    assert await b.renew([first]) == {}
+    await b.finish(first)
+    assert await b.renew([first]) == {first: "b"}  # finished: no lease left to renew
+    assert await a.renew([]) == {}
+    await a.close()
+    await b.close()
+
+
+async def test_the_lease_guard_refuses_a_write_into_a_tree_taken_over(
+        any_claims_url: str) -> None:
+    url = any_claims_url
+    a = make(url, "a", lease=-1)
+    await a.register(RUN, TREES[:1])
+    told: list[tuple[str, str | None]] = []
+    leases = Leases(a, on_lost=lambda t, holder: told.append((t, holder)))
+    since = time.time()
+    assert await a.claim(RUN) == TREES[0]
+    leases.hold(TREES[0], since)
+    await leases.check(TREES[0])  # expired, but nobody took it: renewed, still a's
+    b = beside(url, a, "b")
+    assert await b.claim(RUN) == TREES[0]
+    for _ in range(2):
+        with pytest.raises(LeaseLost, match="b holds it now") as caught:
+            await leases.check(TREES[0])
+    assert caught.value.holder == "b" and caught.value.tree_id == TREES[0]
+    assert told == [(TREES[0], "b")]  # said once
+    await a.close()
+    await b.close()
+
+
+class Stall:
+    """An endpoint script: one candidate ``ls`` per request; the first request that
+    continues past the root stalls (``waiting`` set) until ``release``."""
+
+    def __init__(self) -> None:
+        self.waiting, self.release = threading.Event(), threading.Event()
+
+    def __call__(self, body: dict[str, Any]) -> Any:
+        if len(body["messages"]) > 2:
+            self.waiting.set()
+            self.release.wait(60)
+        return [{"content": "ls"}]
+
+
+def one_candidate(writer: str) -> SampleConfig:
+    # One candidate per node: when a stalls on its second request, no other write of its
+    # is on its way (its lease of -1 s lets another worker take the tree at any moment).
+    return SampleConfig(env="fs", tasks=[2], model="tiny", branching=1, depth=2,
+                        concurrency=1, run="w", writer=writer, sampling=Sampling(max_tokens=8))
+
+
+async def run_worker(url: str, name: str, base_url: str, log: Any, *, lease: float,
+                     stats: RunStats | None = None) -> list[Any]:
+    cfg = one_candidate(name)
+    policy = ChatPolicy(base_url, "tiny", cfg.sampling)
+    claims = SqlClaims(url, Worker(name, "host-" + name, ord(name)), lease_seconds=lease)
+    try:
+        return await sample_run(cfg, policy, log, use_tools=False, claims=claims,
+                                stats=stats)
+    finally:
+        await claims.close()
+        await policy.close()
+
+
+@pytest.mark.parametrize("noticed_at", ["renewal", "write"])
+async def test_a_sampler_whose_tree_was_taken_over_stops_without_writing_to_it(
+        claims_url: str, noticed_at: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Worker a stalls mid-tree with an expired lease (a paused process); worker b takes
+    the tree over and finishes it; a notices when it renews (or, its renewals stuck, when
+    it is about to write), stops, and writes nothing into the tree after b took it."""
+    if noticed_at == "write":
+        from branchpoint.sampler import grow
+
+        async def stuck(leases: Any, stats: Any, stop: asyncio.Event) -> None:
+            await stop.wait()
+
+        monkeypatch.setattr(grow, "_renew", stuck)
+    stall, stats_a = Stall(), RunStats()
+    with ScriptedEndpoint(stall) as ep_a, ScriptedEndpoint(lambda b: [{"content": "ls"}]
+                                                           ) as ep_b:
+        log_a, log_b = Recording(await open_log(claims_url)), await open_log(claims_url)
+        run_a = asyncio.create_task(run_worker(claims_url, "a", ep_a.base_url, log_a,
+                                               lease=-1, stats=stats_a))
+        try:
+            assert await asyncio.to_thread(stall.waiting.wait, 30)
+            log_a.cut = True  # from here on, the tree is b's
+            out_b = await run_worker(claims_url, "b", ep_b.base_url, log_b, lease=60)
+            if noticed_at == "write":
+                stall.release.set()  # a gets its answer and goes to write it
+            # Told by its renewal, a stops at once: it does not wait for its answer.
+            out_a = await asyncio.wait_for(run_a, 20)
+            events = await log_b.read_tree("w/fs/2")
+        finally:
+            stall.release.set()
+            await log_a.inner.close()
+            await log_b.close()
+    assert [o.reason for o in out_b] == ["depth"]
+    (lost,) = out_a
+    assert lost.reason == "lease_lost" and lost.detail["holder"] == "b"
+    assert "stopped without writing" in lost.detail["message"]
+    assert stats_a.errors.get("lease_lost") == 1 and stats_a.trees_done == 0
+    assert log_a.after_cut == []
+    assert len([e for e in events if isinstance(e.payload, TreeClosed)]) == 1
+    # a did grow the tree before it stalled, and b finished it from there
+    assert any(isinstance(e.payload, NodeCreated) and e.payload.node_id.startswith("a.")
+               for e in events)
+
+
+class Recording:
+    """A log that keeps what is appended after ``cut`` is set."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.cut = False
+        self.after_cut: list[Any] = []
+
+    async def append(self, events: Any, **kw: Any) -> Any:
+        if self.cut:
+            self.after_cut.extend(events)
+        return await self.inner.append(events, **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from branchpoint.sampler.grow import SampleConfig, run_name, sample_run
+from branchpoint.sampler.grow import RunStats, SampleConfig, run_name, sample_run
 from branchpoint.sampler.policy import ChatPolicy, Sampling
 from branchpoint.store.builder import TreeBuilder
 from branchpoint.store.events import (
@@ -18,6 +18,7 @@ from branchpoint.store.events import (
     ScoreAssigned,
     TreeClosed,
 )
+from branchpoint.store.exports import compute_stats, export_lines
 from branchpoint.store.log import AppendResult, EventLog, MemoryEventLog
 from tests.sampler.scripted_endpoint import ScriptedEndpoint, error
 
@@ -174,6 +175,65 @@ async def test_a_failing_endpoint_closes_that_tree_with_error_and_the_run_goes_o
     assert by_id["t/fs/3"].reason == "done"
     (closed,) = of(await log.read_tree("t/fs/2"), TreeClosed)
     assert closed.detail["kind"] == "http_503" and "kept failing" in closed.detail["message"]
+
+
+class ReadCounting:
+    """A log that counts how often each tree is read."""
+
+    def __init__(self, inner: EventLog) -> None:
+        self.inner = inner
+        self.reads: dict[str, int] = {}
+
+    async def read_tree(self, tree_id: str) -> list[Event]:
+        self.reads[tree_id] = self.reads.get(tree_id, 0) + 1
+        return await self.inner.read_tree(tree_id)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_pairs_so_far_are_counted_once_per_finished_tree_as_the_export_counts_them(
+        ) -> None:
+    # At the root, submit (the file system intact: partial credit) against writing a
+    # stray file (nothing met): a pair; under the stray file, two equal leaves: a tie.
+    log = ReadCounting(MemoryEventLog())
+    stats = RunStats()
+    seen: list[tuple[int, int]] = []
+    policy_replies = replies("submit", "write /junk.txt x")
+    with ScriptedEndpoint(policy_replies) as ep:
+        policy = ChatPolicy(ep.base_url, "tiny", Sampling(max_tokens=16))
+        cfg = config(tasks=[TASK, 3, 4], concurrency=1)
+        try:
+            await sample_run(cfg, policy, log, use_tools=False,  # type: ignore[arg-type]
+                             stats=stats, on_tree=lambda o: seen.append(
+                                 (stats.trees_done, stats.pairs)))
+        finally:
+            await policy.close()
+    # After each tree, the pairs of the trees done so far: one per tree.
+    assert seen == [(1, 1), (2, 2), (3, 3)]
+    report = await compute_stats(log.inner)
+    assert stats.pairs == report["pairs"] == 3
+    assert stats.branching_points == report["branching_points"] == 6
+    assert stats.pairs_uncounted == 0
+    # Each tree read once to resume (not there yet) and once to count: a tree closing
+    # never reads the others again.
+    assert log.reads == {f"t/fs/{t}": 2 for t in (TASK, 3, 4)}
+    rows = [line async for line in export_lines(log.inner, "dpo")]
+    assert len(rows) == stats.pairs
+
+
+async def test_trees_found_finished_count_as_done_and_add_no_pairs() -> None:
+    log = MemoryEventLog()
+    with ScriptedEndpoint(replies("submit", "write /junk.txt x")) as ep:
+        await grow(ep, log, config())
+        stats = RunStats()
+        policy = ChatPolicy(ep.base_url, "tiny", Sampling(max_tokens=16))
+        try:
+            (again,) = await sample_run(config(), policy, log, use_tools=False, stats=stats)
+        finally:
+            await policy.close()
+    assert again.reason == "skipped"
+    assert (stats.trees_done, stats.trees_skipped, stats.pairs) == (1, 1, 0)
 
 
 class Killed(BaseException):

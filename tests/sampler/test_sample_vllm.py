@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -90,6 +91,35 @@ def test_branch_rollout_in_text_mode_on_shop(served_model: ServedModel, tmp_path
     lines = Counter((e.payload.meta or {}).get("line") for e in events
                     if isinstance(e.payload, NodeCreated) and e.payload.parent_id)
     assert lines["main"] >= 1 and lines["rollout"] >= 1
+
+
+def test_a_request_longer_than_the_servers_context_makes_a_leaf_with_its_end_reason(
+        served_model: ServedModel, tmp_path: Path) -> None:
+    from tests.sampler.long_env import IMPORT_PATH
+
+    db = tmp_path / "long.db"
+    root = Path(__file__).resolve().parents[2]  # where `tests.sampler.long_env` imports
+    # The root's request is short; every step is answered with 3000 words, so each
+    # child's request is longer than the server's 2048 tokens: vLLM refuses it (HTTP 400).
+    out = subprocess.run(_sample(served_model, db, "--env", IMPORT_PATH, "--tasks", "1",
+                                 "--branching", "2", "--depth", "3", "--quiet"),
+                         capture_output=True, text=True, timeout=300, check=False,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 0, out.stderr
+    assert "context_overflow" in out.stdout  # among the summary's errors
+    (events,) = asyncio.run(_events(db)).values()
+    steps = [e.payload for e in events
+             if isinstance(e.payload, NodeCreated) and e.payload.parent_id]
+    assert steps and all(p.parent_id == "root" for p in steps)  # nothing grew below
+    scores = {e.payload.node_id: e.payload for e in events
+              if isinstance(e.payload, ScoreAssigned)}
+    assert set(scores) == {p.node_id for p in steps}  # each child is a scored leaf
+    for score in scores.values():
+        assert score.source == "checker"
+        assert score.detail["end"] == "context_overflow"
+        assert "maximum context length" in score.detail["message"]
+    (closed,) = [e.payload for e in events if isinstance(e.payload, TreeClosed)]
+    assert closed.reason == "done"
 
 
 def test_a_killed_run_resumes_and_finishes_without_recreating_anything(
