@@ -271,7 +271,9 @@ def register(app: typer.Typer) -> None:
         """The end-to-end demo. --policy model (default): build a small model, SFT it on
         erring expert demonstrations, serve it, sample trees on training tasks, export
         step-level pairs, DPO, and measure held-out success before and after
-        (runs/demo/report.json). --policy expert: play tasks with an erring expert, fork,
+        (runs/demo/report.json); --compare adds DPO on the same trees with a 0/1
+        checker and on trajectory-level pairs at the same token budget. --policy expert:
+        play tasks with an erring expert, fork,
         continue each candidate several times (--rollouts), record, print the stats (with
         the pair precision against the expert's own mistake labels) and write the DPO
         export, printing the export command that reproduces it (runs/expert)."""
