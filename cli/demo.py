@@ -118,10 +118,12 @@ def _holds_no_events(db: Path) -> bool:
     return bool(count == 0)
 
 
-def _run_model(out: Path, settings: object, fresh: bool, quiet: bool) -> None:
+def _run_model(out: Path, settings: object, fresh: bool, quiet: bool,
+               compare: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from branchpoint.train.compare import run_compare
     from branchpoint.train.pipeline import DemoSettings, run_pipeline
 
     assert isinstance(settings, DemoSettings)
@@ -132,7 +134,8 @@ def _run_model(out: Path, settings: object, fresh: bool, quiet: bool) -> None:
             if message.startswith(("done", "reused")):
                 console.log(f"{stage}: {message}")
 
-        report = run_pipeline(settings, out, fresh=fresh, progress=show)
+        report = (run_compare if compare else run_pipeline)(settings, out, fresh=fresh,
+                                                            progress=show)
     table = Table(title=f"branchpoint demo: {report['env']} {report['options']} "
                   f"({report['engine']})")
     table.add_column("figure")
@@ -149,8 +152,46 @@ def _run_model(out: Path, settings: object, fresh: bool, quiet: bool) -> None:
         table.add_row(f"stage {stage['name']}",
                       f"{stage['seconds']:.0f} s" + (" (reused)" if stage["cached"] else ""))
     Console().print(table)
+    if "compare" in report:
+        Console().print(compare_table(report["compare"]))
     typer.echo(f"report: {out / 'report.json'} (plot: {out / 'report.png'}); trees: "
                f"{report['look_at_trees']}")
+
+
+def compare_table(block: dict[str, Any]) -> Any:
+    """The ``compare`` block of a report as a rich table: each arm's held-out success, its
+    difference from SFT with the 95% interval, its pairs and completion tokens; then step
+    minus trajectory and step minus binary."""
+    from rich.table import Table
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1%}"
+
+    def diff(d: float | None, ci: list[float] | None) -> str:
+        if d is None or ci is None:
+            return "-"
+        return f"{d:+.1%} [{ci[0]:+.1%}, {ci[1]:+.1%}]"
+
+    labels = {"sft": "SFT", "step": "DPO, step-level pairs",
+              "binary": "DPO, step-level pairs, 0/1 checker",
+              "trajectory": "DPO, trajectory-level pairs"}
+    table = Table(title=f"branchpoint demo --compare: {block['n_eval_tasks']} held-out "
+                  f"tasks x {block['eval_samples']} episodes, same completion-token budget")
+    for column in ("arm", "success", "vs SFT (95% CI)", "pairs", "completion tokens"):
+        table.add_column(column, justify="left" if column == "arm" else "right")
+    for arm, label in labels.items():
+        a = block["arms"][arm]
+        pairs, tokens = a["n_pairs"], a["completion_tokens"]
+        table.add_row(label if a["trained"] else f"{label} (no pairs: not trained)",
+                      pct(a["success"]),
+                      diff(a["difference_vs_sft"], a["difference_vs_sft_ci95"]),
+                      "-" if pairs is None else str(pairs),
+                      "-" if tokens is None else f"{tokens:,}")
+    for key, label in (("step_minus_trajectory", "step-level minus trajectory-level"),
+                       ("step_minus_binary", "partial credit minus 0/1 checker")):
+        d = block["differences"][key]
+        table.add_row(label, "", diff(d["difference"], d["ci95"]), "", "")
+    return table
 
 
 def _checked(env: list[str] | None, option: list[str] | None, policy: Policy,
@@ -216,6 +257,11 @@ def register(app: typer.Typer) -> None:
         fresh: Annotated[bool, typer.Option(
             "--fresh", help="model: start over instead of reusing finished stages.")
         ] = False,
+        compare: Annotated[bool, typer.Option(
+            "--compare", help="model: also train DPO on the same trees with a 0/1 checker "
+            "(--binary) and on trajectory-level pairs of independent episodes at the same "
+            "completion-token budget, and compare held-out success (report.json's "
+            "compare block).")] = False,
         quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
         option: EnvOptions = None,
         action_format: Annotated[ExpertFormat | None, typer.Option(
@@ -225,13 +271,17 @@ def register(app: typer.Typer) -> None:
         """The end-to-end demo. --policy model (default): build a small model, SFT it on
         erring expert demonstrations, serve it, sample trees on training tasks, export
         step-level pairs, DPO, and measure held-out success before and after
-        (runs/demo/report.json). --policy expert: play tasks with an erring expert, fork,
+        (runs/demo/report.json); --compare adds DPO on the same trees with a 0/1
+        checker and on trajectory-level pairs at the same token budget. --policy expert:
+        play tasks with an erring expert, fork,
         continue each candidate several times (--rollouts), record, print the stats (with
         the pair precision against the expert's own mistake labels) and write the DPO
         export, printing the export command that reproduces it (runs/expert)."""
         from branchpoint.sampler.envs.registry import get_env
 
         options = _checked(env, option, policy, action_format)
+        if compare and policy is not Policy.model:
+            raise fail("--compare applies to --policy model")
         if policy is Policy.model:
             from branchpoint.train.deps import missing_train_modules, require_train
 
@@ -268,7 +318,7 @@ def register(app: typer.Typer) -> None:
                                     model=base.model if names[0] == "fs" else
                                     type(base.model)(envs=(names[0],)))
             try:
-                _run_model(out or Path("runs/demo"), settings, fresh, quiet)
+                _run_model(out or Path("runs/demo"), settings, fresh, quiet, compare)
             except (BranchpointError, ValueError, RuntimeError, OSError) as exc:
                 raise fail(str(exc)) from None
             return

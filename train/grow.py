@@ -30,7 +30,7 @@ from branchpoint.store.events import Event
 from branchpoint.train.episodes import text_opening
 from branchpoint.train.evaluate import BatchPolicy
 
-__all__ = ["GrowSettings", "grow_trees"]
+__all__ = ["GrowSettings", "grow_episodes", "grow_trees"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class _Run:
     messages: list[Message]
     node: str
     keep: bool = False  # main line: keep a fork of each state it passes
+    ended: bool = False  # its episode is over and its environment closed
 
 
 def _lockstep(runs: list[_Run], policy: BatchPolicy, recorders: Sequence[TreeRecorder],
@@ -71,6 +72,7 @@ def _lockstep(runs: list[_Run], policy: BatchPolicy, recorders: Sequence[TreeRec
             if result.done:
                 recorders[run.tree].score(run.node, run.env.check())
                 run.env.close()
+                run.ended = True
             else:
                 still.append(run)
         live = still
@@ -135,6 +137,52 @@ def grow_trees(policy: BatchPolicy, env_name: str, task_ids: Sequence[int], *, r
         for found in states:
             for _, env, _ in found:
                 env.close()
+    events: list[Event] = []
+    for recorder in recorders:
+        recorder.close("done")
+        events.extend(recorder.events)
+    return events
+
+
+def grow_episodes(policy: BatchPolicy, env_name: str, task_ids: Sequence[int], *, run: str,
+                  episodes: int = 1, options: dict[str, Any] | None = None,
+                  produced_by: dict[str, Any] | None = None) -> list[Event]:
+    """The events of one tree per task (ids ``RUN/ENV/TASK``) holding ``episodes``
+    independent episodes played by ``policy`` from the opening to the end, scored by the
+    environment's check: the trees ``branchpoint sample --strategy episodes`` records.
+
+    Each episode runs in its own environment and asks the policy for every step of its own,
+    so the episodes are independent draws; where two of them take the same steps, the
+    recorder keeps one node for the shared part (the tree's leaves are its distinct
+    episodes). Every episode of every task advances in lockstep (one batch per round).
+
+    Raises:
+        ValueError: ``episodes`` is below 1.
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes must be at least 1, got {episodes}")
+    options = options or {}
+    produced_by = produced_by or {"policy": "local"}
+    recorders: list[TreeRecorder] = []
+    runs: list[_Run] = []
+    try:
+        for i, task_id in enumerate(task_ids):
+            env = make_env(env_name, task_id, **options)
+            opening = env.reset()
+            messages = text_opening(opening.messages, opening.tools)
+            recorder = TreeRecorder(f"{run}/{env_name}/{task_id}", origin="sampler")
+            task = make_task(env_name, task_id, split=split_of(task_id),
+                             action_format="text", options=options)
+            root = recorder.root(task, Reset(messages=messages, tools=[]),
+                                 meta={"strategy": "episodes", "branching": episodes})
+            recorders.append(recorder)
+            copies = [env, *(fork(env) for _ in range(episodes - 1))]
+            runs.extend(_Run(i, copy, list(messages), root) for copy in copies)
+        _lockstep(list(runs), policy, recorders, produced_by)
+    finally:
+        for r in runs:
+            if not r.ended:
+                r.env.close()
     events: list[Event] = []
     for recorder in recorders:
         recorder.close("done")
