@@ -371,6 +371,16 @@ def run_compare(settings: DemoSettings, out: Path, *, fresh: bool = False,
             return stages.run(label, key, lambda f: _eval(url, name, settings, f,
                                                            progress=say, label=label))
 
+    def arm(name: str, k_pairs: str, pairs: Stage) -> EvalResult | None:
+        """DPO from the SFT model on an arm's pairs, then its evaluation; None when the
+        arm gave no pairs (the report says it was not trained)."""
+        if not pairs.info["n_pairs"]:
+            return None
+        k_dpo = _key(k_pairs, "dpo", settings.dpo)
+        dpo = stages.run(f"{name}_dpo", k_dpo, dpo_work(f"{name}_dpo", pairs.info["pairs"]))
+        done = eval_arm(f"{name}_eval_after", k_dpo, Path(dpo.info["model"]))
+        return read_results(done.info["results"])
+
     # Binary: the step-level trees, exported with a 0/1 checker.
     k_bpairs = _key(k_sample, "binary", settings.margin)
     bpairs = stages.run("binary_pairs", k_bpairs, lambda f: {
@@ -381,12 +391,7 @@ def run_compare(settings: DemoSettings, out: Path, *, fresh: bool = False,
         "sft": read_results(infos["eval_before"]["results"]),
         "step": read_results(infos["eval_after"]["results"]),
         "binary": None, "trajectory": None}
-    if bpairs.info["n_pairs"]:
-        k_bdpo = _key(k_bpairs, "dpo", settings.dpo)
-        bdpo = stages.run("binary_dpo", k_bdpo, dpo_work("binary_dpo",
-                                                          bpairs.info["pairs"]))
-        beval = eval_arm("binary_eval_after", k_bdpo, Path(bdpo.info["model"]))
-        results["binary"] = read_results(beval.info["results"])
+    results["binary"] = arm("binary", k_bpairs, bpairs)
 
     # Trajectory: independent episodes of the same tasks, at the step-level budget.
     k_episodes = _key(k_sample, "episodes", budget)
@@ -401,12 +406,7 @@ def run_compare(settings: DemoSettings, out: Path, *, fresh: bool = False,
         "pairs": str(f / "pairs.jsonl"),
         "n_pairs": _export(str(episodes.info["db"]), "trajectory-pairs",
                            f / "pairs.jsonl", settings)})
-    if tpairs.info["n_pairs"]:
-        k_tdpo = _key(k_tpairs, "dpo", settings.dpo)
-        tdpo = stages.run("trajectory_dpo", k_tdpo, dpo_work("trajectory_dpo",
-                                                              tpairs.info["pairs"]))
-        teval = eval_arm("trajectory_eval_after", k_tdpo, Path(tdpo.info["model"]))
-        results["trajectory"] = read_results(teval.info["results"])
+    results["trajectory"] = arm("trajectory", k_tpairs, tpairs)
 
     trajectory_tokens = int(episodes.info["tokens"])
     block = compare_block(

@@ -5,32 +5,22 @@ and the compare block holds every figure with its paired-bootstrap interval."""
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 from typer.testing import CliRunner
 
 from branchpoint.cli.main import app
-from branchpoint.sampler.envs.base import Message, tasks_in_split
-from branchpoint.sampler.envs.registry import make_env
+from branchpoint.sampler.envs.base import tasks_in_split
 from branchpoint.store.exports import ExportOptions, export_lines
 from branchpoint.store.log import open_log
 from branchpoint.train.compare import ARMS, check_preference_rows, compare_block
 from branchpoint.train.evaluate import EvalResult, TaskResult, paired_bootstrap
 from branchpoint.train.grow import grow_episodes
 from branchpoint.train.pipeline import Stage
+from tests.experts import erring_expert
 
 OPTIONS = {"difficulty": "easy", "max_steps": 12}
 
-
-def erring_expert(mistakes: float, seed: int):  # type: ignore[no-untyped-def]
-    rng = random.Random(seed)
-
-    def act(conversations: list[list[Message]]) -> list[Message]:
-        env = make_env("fs", 0, **OPTIONS)
-        return [env.expert(mistakes=mistakes, seed=rng.randrange(10**9), text=True).act(c)
-                for c in conversations]
-    return act
 
 
 async def test_rounds_of_episodes_pair_best_against_worst_across_their_trees() -> None:

@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import json
-import random
 
-from branchpoint.sampler.envs.base import Message, tasks_in_split
-from branchpoint.sampler.envs.registry import make_env
+from branchpoint.sampler.envs.base import tasks_in_split
 from branchpoint.store.builder import task_options
 from branchpoint.store.exports import ExportOptions, export_lines
 from branchpoint.store.log import open_log
 from branchpoint.train.grow import GrowSettings, grow_trees
+from tests.experts import erring_expert
 
 OPTIONS = {"difficulty": "easy", "max_steps": 12}
 
-
-def erring_expert(mistakes: float, seed: int):  # type: ignore[no-untyped-def]
-    rng = random.Random(seed)
-
-    def act(conversations: list[list[Message]]) -> list[Message]:
-        env = make_env("fs", 0, **OPTIONS)
-        return [env.expert(mistakes=mistakes, seed=rng.randrange(10**9), text=True).act(c)
-                for c in conversations]
-    return act
 
 
 async def test_grown_trees_export_pairs_whose_chosen_step_scored_higher() -> None:
