@@ -194,8 +194,12 @@ class Branch:
     """One line of a trajectory: :meth:`step` extends it from its ``head``."""
 
     def __init__(self, trajectory: Trajectory, head: str) -> None:
-        self._t = trajectory
+        self._owner = trajectory
         self.head = head
+
+    @property
+    def _t(self) -> Trajectory:
+        return self._owner
 
     @property
     def tree_id(self) -> str:
@@ -269,7 +273,7 @@ class _SdkBuilder(TreeBuilder):
         node_id, self.next_id = self.next_id, None
         return node_id if node_id is not None else f"{self.writer}.{next(self.ids)}"
 
-    def clock(self) -> datetime:
+    def now(self) -> datetime:
         return utcnow() if self.at is None else datetime.fromtimestamp(self.at, UTC)
 
 
@@ -290,7 +294,6 @@ class Trajectory(Branch):
                    if n.startswith(f"{recorder.writer}.")]
             first = 1 + max((int(k) for k in own if k.isdigit()), default=-1)
         self._ids = b.ids = itertools.count(first)
-        b._clock = b.clock
         self._builder = b
         self._known: set[str] = set(b.state.nodes) | {ROOT}
         self._done: set[str] = {n for n, info in b.state.nodes.items() if info.done}
@@ -300,7 +303,13 @@ class Trajectory(Branch):
         self._root_args: tuple[dict[str, Any], list[Message] | None, str, Message | None] = (
             {}, None, recorder.origin, None)
         self._token: contextvars.Token[Trajectory | None] | None = None
-        super().__init__(self, ROOT)
+        # its own main branch, without Branch.__init__: a trajectory that referred to itself
+        # would live on, with its whole tree, until the cyclic collector came by
+        self.head = ROOT
+
+    @property
+    def _t(self) -> Trajectory:
+        return self
 
     def _defer(self, op: tuple[Any, ...]) -> None:
         """Queue a call for the builder (the agent's thread: no lock, no I/O, no wake-up
