@@ -134,8 +134,10 @@ class Pipeline:
         self._backoff_min, self._backoff_max = backoff_s
         self._spool_chunk = spool_chunk
         # the overflow stays in memory up to here, and the worker takes it from there; past it
-        # (a destination slower than the agent for long), the spooler moves it to disk
-        self._spool_threshold = max(1, overflow_size // 4)
+        # (a destination slower than the agent for long), the spooler moves it to disk. A
+        # spooled event costs the worker decoding it again: a burst the destination absorbs
+        # within the bound stays in memory.
+        self._spool_threshold = max(1, overflow_size * 3 // 4)
         self._orphan_scan_s = orphan_scan_s
 
         self._lock = threading.Lock()
@@ -177,6 +179,15 @@ class Pipeline:
         late: list[Item] = []
         wake_spooler = False
         with self._lock:
+            n, first = len(events), self._seq + 1
+            if not self._diverted and len(self._queue) + n <= self._queue_max:
+                # the common case, in one go: all of them to the queue
+                before = len(self._queue)
+                self._queue.extend(zip(range(first, first + n), events, strict=True))
+                self._seq += n
+                if n and (before == 0 or before < self._batch <= before + n):
+                    self._wake.set()  # a batch opens (its linger starts), or fills
+                return
             for event in events:
                 self._seq += 1
                 item = (self._seq, event)

@@ -53,6 +53,13 @@ current_trajectory: contextvars.ContextVar[Trajectory | None] = contextvars.Cont
     "branchpoint_trajectory", default=None)
 
 
+def _new_tree_id() -> str:
+    """A tree id that sorts by creation time (nanoseconds, then 32 random bits), so that the
+    store's indexes on tree and event ids grow at their end instead of being written all
+    over (random ids cost SQLite a tenth more per recorded event)."""
+    return f"sdk-{time.time_ns():016x}{os.urandom(4).hex()}"
+
+
 def _as_action(action: Message | str) -> Message:
     return {"role": "assistant", "content": action} if isinstance(action, str) else action
 
@@ -123,7 +130,7 @@ class Recorder:
             ValueError: a task key that is not reserved (pass it in ``options``).
         """
         task_obj = make_task(env, task_id, split=split, options=options, **task)
-        t = Trajectory(self, tree_id or f"sdk-{os.urandom(8).hex()}")
+        t = Trajectory(self, tree_id or _new_tree_id())
         t._root_args = (task_obj, [dict(x) for x in tools] if tools else None,
                         origin or self.origin, dict(meta) if meta else None)
         if messages is not None:
