@@ -136,7 +136,7 @@ class Recorder:
         if messages is not None:
             msgs = [{"role": "user", "content": messages}] if isinstance(messages, str) \
                 else [dict(m) for m in messages]
-            t._defer(("root", msgs, None))
+            t._defer((time.time(), "root", msgs, None))
         return t
 
     def resume(self, tree_id: str, events: Sequence[Any]) -> Trajectory:
@@ -236,7 +236,7 @@ class Branch:
         t._known.add(node)
         if done:
             t._done.add(node)
-        t._defer(("step", parent, node, action, observation, done, produced_by, info,
+        t._defer((time.time(), "step", parent, node, action, observation, done, produced_by, info,
                   latency_ms, meta))
         self.head = node
         return node
@@ -250,7 +250,7 @@ class Branch:
         target = node or self.head
         if done:
             self._t._done.add(target)
-        self._t._defer(("observe", target, observation, done, info, latency_ms))
+        self._t._defer((time.time(), "observe", target, observation, done, info, latency_ms))
 
     def fork(self, node_id: str) -> Branch:
         """A new branch from ``node_id`` (any node of the trajectory); it shares the
@@ -265,7 +265,7 @@ class Branch:
     def score(self, value: float, *, source: str = "checker", node: str | None = None,
               detail: dict[str, Any] | None = None) -> None:
         """A score in [0, 1] for ``node`` (default: the head) from ``source``."""
-        self._t._defer(("score", node or self.head, value, source, detail))
+        self._t._defer((time.time(), "score", node or self.head, value, source, detail))
 
 
 class _SdkBuilder(TreeBuilder):
@@ -319,10 +319,11 @@ class Trajectory(Branch):
         return self
 
     def _defer(self, op: tuple[Any, ...]) -> None:
-        """Queue a call for the builder (the agent's thread: no lock, no I/O, no wake-up
-        of another thread: the materializer comes by every few milliseconds)."""
+        """Queue a call for the builder: ``(time it was made, kind, its arguments...)``
+        (the agent's thread: no lock, no I/O, no wake-up of another thread: the
+        materializer comes by every few milliseconds)."""
         ops = self._ops
-        ops.append((time.time(), *op))
+        ops.append(op)
         if len(ops) == 1:
             self._rec._materializer.dirty.append(self)
 
@@ -331,10 +332,10 @@ class Trajectory(Branch):
         holds ``_lock``. Never raises: a refused call is logged and counted."""
         ops, b = self._ops, self._builder
         while ops:
-            at, kind, *args = ops.popleft()
-            b.at = at
+            op = ops.popleft()
+            b.at = op[0]
             try:
-                self._apply(b, kind, args)
+                self._apply(b, op[1], op[2:])
             except Exception as exc:
                 self._rec._error(f"recording into trajectory {self._tree_id!r}", exc)
         b.at = None
@@ -342,7 +343,7 @@ class Trajectory(Branch):
         if events:
             self._rec._pipeline.put(events)
 
-    def _apply(self, b: _SdkBuilder, kind: str, args: list[Any]) -> None:
+    def _apply(self, b: _SdkBuilder, kind: str, args: tuple[Any, ...]) -> None:
         if kind == "step":
             parent, node, action, observation, done, produced_by, info, latency, meta = args
             act = {"role": "assistant", "content": action} if isinstance(action, str) \
@@ -388,7 +389,7 @@ class Trajectory(Branch):
         if self._closed:
             return
         self._closed = True
-        self._defer(("close", reason, dict(detail) if detail else None))
+        self._defer((time.time(), "close", reason, dict(detail) if detail else None))
 
     def _exit(self, exc_type: type[BaseException] | None, exc: BaseException | None) -> None:
         if exc_type is None:

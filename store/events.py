@@ -447,7 +447,7 @@ def normalize_canonical(event: Event) -> tuple[Event, bytes]:
     plain = _PLAIN_FIELDS.get(type(payload))
     event_id, tree_id, at = event.event_id, event.tree_id, event.recorded_at
     if (plain is not None and TYPE_NAMES[type(payload)] == event.type and plain(payload)
-            and _FAST_CHECKS[event.type](payload) and type(event_id) is str
+            and type(event_id) is str
             and type(tree_id) is str and _plain_label(event_id) and _plain_label(tree_id)
             and type(event.version) is int and event.version == CURRENT_VERSION
             and type(at) is datetime and at.tzinfo is UTC
@@ -459,20 +459,17 @@ def normalize_canonical(event: Event) -> tuple[Event, bytes]:
             pass
         else:
             # the event's nesting is its payload's plus one (the payload is an object)
-            if ((data.count(b"[") + data.count(b"{") < MAX_DEPTH
-                 or json_depth(data) < MAX_DEPTH) and _well_formed(data)):
-                return event, data
+            if (data.count(b"[") + data.count(b"{") < MAX_DEPTH
+                    or json_depth(data) < MAX_DEPTH):
+                try:
+                    # only a msgspec.Raw value can make an encoding not JSON
+                    _skip_decoder.decode(data)
+                except msgspec.DecodeError:
+                    pass
+                else:
+                    return event, data
     normal = normalize(event)
     return normal, canonical_payload(normal.payload)
-
-
-def _well_formed(data: bytes) -> bool:
-    """Whether ``data`` is JSON (only a ``msgspec.Raw`` value can make an encoding not)."""
-    try:
-        _skip_decoder.decode(data)
-    except msgspec.DecodeError:
-        return False
-    return True
 
 
 class _Skip(msgspec.Struct):
@@ -734,7 +731,7 @@ _FAST_CHECKS: Final[dict[str, Callable[[Any], bool]]] = {
 }
 
 
-# --- the types an event's JSON form decodes to, checked in place ------------------------
+# --- the types an event's JSON form decodes to, and the rules, checked in place -----------
 
 
 def _dicts(values: Any) -> bool:
@@ -752,23 +749,27 @@ def _plain_node_fields(p: NodeCreated) -> bool:
             and _opt(p.action, dict) and _opt(p.produced_by, dict) and _opt(p.meta, dict)
             and (p.task is None or (type(p.task.get("env")) is str
                                     and type(p.task.get("task_id")) in (str, int)
-                                    and _opt(p.task.get("split"), str))))
+                                    and _opt(p.task.get("split"), str)))
+            and _plain_node(p))
 
 
 def _plain_executed_fields(p: ActionExecuted) -> bool:
     return (type(p.node_id) is str and _dicts(p.observation) and _opt(p.done, bool)
-            and _opt(p.info, dict) and _opt(p.latency_ms, float) and _opt(p.meta, dict))
+            and _opt(p.info, dict) and _opt(p.latency_ms, float) and _opt(p.meta, dict)
+            and _plain_executed(p))
 
 
 def _plain_score_fields(p: ScoreAssigned) -> bool:
     return (type(p.node_id) is str and type(p.value) is float and type(p.source) is str
-            and _opt(p.detail, dict) and _opt(p.meta, dict))
+            and _opt(p.detail, dict) and _opt(p.meta, dict) and _plain_score(p))
 
 
 def _plain_closed_fields(p: TreeClosed) -> bool:
-    return type(p.reason) is str and _opt(p.detail, dict) and _opt(p.meta, dict)
+    return (type(p.reason) is str and _opt(p.detail, dict) and _opt(p.meta, dict)
+            and _plain_closed(p))
 
 
+#: Per payload type: its fields hold the types JSON decodes to, and it breaks no rule.
 _PLAIN_FIELDS: Final[dict[type, Callable[[Any], bool]]] = {
     NodeCreated: _plain_node_fields,
     ActionExecuted: _plain_executed_fields,
