@@ -134,8 +134,10 @@ class Pipeline:
         self._backoff_min, self._backoff_max = backoff_s
         self._spool_chunk = spool_chunk
         # the overflow stays in memory up to here, and the worker takes it from there; past it
-        # (a destination slower than the agent for long), the spooler moves it to disk
-        self._spool_threshold = max(1, overflow_size // 4)
+        # (a destination slower than the agent for long), the spooler moves it to disk. A
+        # spooled event costs the worker decoding it again: a burst the destination absorbs
+        # within the bound stays in memory.
+        self._spool_threshold = max(1, overflow_size * 3 // 4)
         self._orphan_scan_s = orphan_scan_s
 
         self._lock = threading.Lock()
@@ -146,7 +148,8 @@ class Pipeline:
         self._settled = 0  # accepted events sent, spooled, dead-lettered or dropped
         self._diverted = False
         self._outage = False
-        self._failures = 0  # tries that found the destination down
+        self._tries = 0  # sends begun (numbered from 1)
+        self._failed_try = 0  # the latest-begun send that found the destination down
         self._retry_at = 0.0
         self._delay = self._backoff_min
         self._flushing = 0
@@ -177,6 +180,15 @@ class Pipeline:
         late: list[Item] = []
         wake_spooler = False
         with self._lock:
+            n, first = len(events), self._seq + 1
+            if not self._diverted and len(self._queue) + n <= self._queue_max:
+                # the common case, in one go: all of them to the queue
+                before = len(self._queue)
+                self._queue.extend(zip(range(first, first + n), events, strict=True))
+                self._seq += n
+                if n and (before == 0 or before < self._batch <= before + n):
+                    self._wake.set()  # a batch opens (its linger starts), or fills
+                return
             for event in events:
                 self._seq += 1
                 item = (self._seq, event)
@@ -216,19 +228,20 @@ class Pipeline:
         with self._lock:
             target = self._seq
             self._flushing += 1
-            failures = self._failures
+            begun = self._tries
             if self._outage:
                 self._retry_at = 0.0  # try the destination once more now
         self._wake.set()
         self._spool_wake.set()
         try:
             with self._settled_cond:
-                # While the destination is down, the spool is as good as stored, once
-                # one more try since the flush began has failed.
+                # While the destination is down, the spool is as good as stored, once a
+                # send begun since the flush began has failed (not one already under way:
+                # the destination may have come back since).
                 return self._settled_cond.wait_for(
                     lambda: self._settled >= target and (
                         self._own_segments <= 0 or self._closing
-                        or (self._outage and self._failures > failures)), timeout)
+                        or (self._outage and self._failed_try > begun)), timeout)
         finally:
             with self._lock:
                 self._flushing -= 1
@@ -384,10 +397,12 @@ class Pipeline:
     def _send_live(self, batch: list[Item]) -> None:
         with self._lock:
             self._inflight = batch
+            self._tries += 1
+            attempt = self._tries
         try:
             self._deliver([ev for _, ev in batch])
         except Outage as exc:
-            self._enter_outage(exc)
+            self._enter_outage(exc, attempt)
             with self._lock:
                 self._diverted = True
                 rest = list(self._queue)
@@ -412,10 +427,13 @@ class Pipeline:
                 unreadable.append((line, {"reason": exc.reason, "field": exc.field}))
         if unreadable:
             self._dead_letter(unreadable)
+        with self._lock:
+            self._tries += 1
+            attempt = self._tries
         try:
             self._deliver(events, normalized=True)  # decode_event validated them
         except Outage as exc:
-            self._enter_outage(exc)
+            self._enter_outage(exc, attempt)
             return False
         self._leave_outage()
         Spool.remove(segment)
@@ -437,7 +455,9 @@ class Pipeline:
             log.warning("branchpoint recorder: cannot read the spool in %s: %s",
                         self._spool.folder, exc)
 
-    def _enter_outage(self, exc: Exception | None = None) -> None:
+    def _enter_outage(self, exc: Exception | None = None, attempt: int | None = None) -> None:
+        """The destination is down, as the send numbered ``attempt`` found (default: the
+        latest begun); a flush trusts the spool once a send it did not precede failed."""
         with self._lock:
             if not self._outage:
                 self._counts["outages"] += 1
@@ -445,7 +465,8 @@ class Pipeline:
                             "spool in %s until it answers", self._sink.destination, exc,
                             self._spool.folder)
             self._outage = True
-            self._failures += 1
+            self._failed_try = max(self._failed_try,
+                                   self._tries if attempt is None else attempt)
             self._retry_at = time.monotonic() + self._delay * random.uniform(0.5, 1.0)
             self._delay = min(self._delay * 2, self._backoff_max)
             self._settled_cond.notify_all()  # a flush now waits for the spool, not the sink

@@ -44,6 +44,8 @@ from typing import Any, Final, NamedTuple
 from branchpoint.store.actions import normalize_action
 from branchpoint.store.errors import InvalidEvent
 from branchpoint.store.events import (
+    CURRENT_VERSION,
+    TYPE_NAMES,
     ActionExecuted,
     Event,
     NodeCreated,
@@ -311,9 +313,13 @@ class TreeBuilder:
 
     # -- minting --
 
+    def now(self) -> datetime:
+        """The time an event minted now is recorded at (the builder's clock)."""
+        return self._clock()
+
     def _emit(self, event_id: str, payload: Payload) -> None:
-        ev = Event.of(payload, tree_id=self.tree_id, event_id=event_id,
-                      recorded_at=self._clock())
+        ev = Event(event_id, self.tree_id, TYPE_NAMES[type(payload)], CURRENT_VERSION,
+                   self.now(), payload)
         self.state.apply(ev)
         self._pending.append(ev)
 

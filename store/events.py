@@ -67,6 +67,7 @@ __all__ = [
     "digest",
     "encode_event",
     "normalize",
+    "normalize_canonical",
 ]
 
 CURRENT_VERSION: Final = 1
@@ -77,7 +78,11 @@ JsonObject = dict[str, Any]
 Message = dict[str, Any]
 
 
-class NodeCreated(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+# Events and payloads are not tracked by the cyclic garbage collector (``gc=False``): they
+# never refer back to themselves, and a recorder holds many thousands of them at once, which
+# the collector would otherwise walk again and again.
+class NodeCreated(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True,
+                  gc=False):
     """A node of a tree: the root that opens a task, or one step taken from a parent."""
 
     node_id: str
@@ -95,7 +100,8 @@ class NodeCreated(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_
         return self.parent_id is None
 
 
-class ActionExecuted(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+class ActionExecuted(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True,
+                     gc=False):
     """The environment ran ``node_id``'s action and answered with ``observation``."""
 
     node_id: str
@@ -106,7 +112,8 @@ class ActionExecuted(msgspec.Struct, frozen=True, forbid_unknown_fields=True, om
     meta: JsonObject | None = None
 
 
-class ScoreAssigned(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+class ScoreAssigned(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True,
+                    gc=False):
     """A value in [0, 1] for ``node_id`` from ``source``; the latest per source counts."""
 
     node_id: str
@@ -116,7 +123,8 @@ class ScoreAssigned(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omi
     meta: JsonObject | None = None
 
 
-class TreeClosed(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+class TreeClosed(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True,
+                 gc=False):
     """The tree is finished; a tree without this event is unfinished and can be resumed."""
 
     reason: str
@@ -137,7 +145,7 @@ TYPE_NAMES: Final[dict[type[Payload], str]] = {v: k for k, v in PAYLOAD_TYPES.it
 EVENT_TYPES: Final = tuple(PAYLOAD_TYPES)
 
 
-class Event(msgspec.Struct, frozen=True, omit_defaults=True):
+class Event(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """One fact in the log. ``seq`` is assigned by the store and is None before append."""
 
     event_id: str
@@ -294,6 +302,27 @@ def _peek_id(data: bytes | str) -> str | None:
 
 
 def _from_envelope(env: _Envelope, line: int | None) -> Event:
+    """The event of a decoded envelope, its payload decoded and every rule checked.
+
+    The common case (a current-version event in UTC that breaks no rule) takes a fast
+    path; anything else, or anything the fast path is unsure of, goes through
+    :func:`_checked_event`, which names the first rule broken."""
+    event_id, tree_id, type_ = env.event_id, env.tree_id, env.type
+    at = env.recorded_at
+    decoder = _payload_decoders.get(type_)
+    if (decoder is not None and env.version == CURRENT_VERSION and at.tzinfo is UTC
+            and event_id and tree_id and "\x00" not in event_id and "\x00" not in tree_id):
+        try:
+            payload = decoder.decode(env.payload)
+        except msgspec.ValidationError:
+            pass
+        else:
+            if _FAST_CHECKS[type_](payload):
+                return Event(event_id, tree_id, type_, CURRENT_VERSION, at, payload, env.seq)
+    return _checked_event(env, line)
+
+
+def _checked_event(env: _Envelope, line: int | None) -> Event:
     def fail(reason: str, field: str | None) -> InvalidEvent:
         return InvalidEvent(reason, line=line, event_id=env.event_id, field=field)
 
@@ -398,6 +427,56 @@ def normalize(event: Event) -> Event:
             raise InvalidEvent(exc.reason, event_id=_text_id(event),
                                field=_find(event, None)) from None
         raise
+
+
+def normalize_canonical(event: Event) -> tuple[Event, bytes]:
+    """:func:`normalize` for a writer, with the payload's canonical JSON
+    (:func:`canonical_payload` of the normalized event), which is what it stores.
+
+    An event whose fields already hold the types its JSON form decodes to (the common case:
+    what :class:`~branchpoint.store.builder.TreeBuilder` makes) is checked where it is,
+    against the same rules, and its payload encoded once; the event returned is then
+    ``event`` itself, fit for storing but not for handing to readers (values nested in its
+    messages keep their Python types; their JSON is what is stored). Any other event takes
+    :func:`normalize`'s round trip through JSON.
+
+    Raises:
+        InvalidEvent: as :func:`normalize`.
+    """
+    payload = event.payload
+    plain = _PLAIN_FIELDS.get(type(payload))
+    event_id, tree_id, at = event.event_id, event.tree_id, event.recorded_at
+    if (plain is not None and TYPE_NAMES[type(payload)] == event.type and plain(payload)
+            and type(event_id) is str
+            and type(tree_id) is str and _plain_label(event_id) and _plain_label(tree_id)
+            and type(event.version) is int and event.version == CURRENT_VERSION
+            and type(at) is datetime and at.tzinfo is UTC
+            and (event.seq is None or type(event.seq) is int)):
+        try:
+            data = _encoder.encode(payload)
+            (event_id + tree_id).encode()  # a lone surrogate cannot be stored
+        except Exception:  # not plain after all: normalize() says why
+            pass
+        else:
+            # the event's nesting is its payload's plus one (the payload is an object)
+            if (data.count(b"[") + data.count(b"{") < MAX_DEPTH
+                    or json_depth(data) < MAX_DEPTH):
+                try:
+                    # only a msgspec.Raw value can make an encoding not JSON
+                    _skip_decoder.decode(data)
+                except msgspec.DecodeError:
+                    pass
+                else:
+                    return event, data
+    normal = normalize(event)
+    return normal, canonical_payload(normal.payload)
+
+
+class _Skip(msgspec.Struct):
+    """An object whose fields are all skipped: decoding checks the syntax, builds nothing."""
+
+
+_skip_decoder = msgspec.json.Decoder(_Skip)
 
 
 _NUL = "must not contain a NUL character (identifiers and labels are plain text)"
@@ -532,7 +611,7 @@ def _check_payload(p: Payload, fail: Callable[[str, str | None], InvalidEvent]) 
 def _check_message(m: Message, field: str,
                    fail: Callable[[str, str | None], InvalidEvent]) -> None:
     role = m.get("role")
-    if role not in _MESSAGE_ROLES:
+    if not isinstance(role, str) or role not in _MESSAGE_ROLES:  # (a list is unhashable)
         raise fail(f"role must be one of {sorted(_MESSAGE_ROLES)}, got {role!r}", f"{field}.role")
     if role == "assistant":
         _check_action(m, field, fail)
@@ -564,3 +643,136 @@ def _check_action(m: Message, field: str,
         # (it is what a rejected step often looks like), so only the type is checked.
         if not isinstance(fn.get("arguments"), str):
             raise fail("must be a JSON string, as OpenAI sends it", f"{where}.function.arguments")
+
+
+# --- the same rules as one predicate per type: the fast path of decoding ------------------
+# Each returns True only where the checks above pass; False sends the event through them,
+# so that a refusal always carries the same reason and field.
+
+
+def _plain_action(m: Message) -> bool:
+    if m.get("role") != "assistant":
+        return False
+    content = m.get("content")
+    calls = m.get("tool_calls")
+    if calls is None:
+        return isinstance(content, str | list)
+    if content is not None and not isinstance(content, str | list):
+        return False
+    if not isinstance(calls, list):
+        return False
+    for call in calls:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not (isinstance(fn, dict) and isinstance(fn.get("name"), str)
+                and isinstance(fn.get("arguments"), str)):
+            return False
+    return True
+
+
+def _plain_message(m: Message) -> bool:
+    role = m.get("role")
+    if role == "assistant":
+        return _plain_action(m)
+    return isinstance(role, str) and role in _MESSAGE_ROLES and isinstance(
+        m.get("content"), str | list) and (role != "tool" or isinstance(m.get("tool_call_id"),
+                                                                           str))
+
+
+def _plain_label(value: str | None) -> bool:
+    return value is not None and value != "" and "\x00" not in value
+
+
+def _plain_node(p: NodeCreated) -> bool:
+    if not _plain_label(p.node_id):
+        return False
+    if p.parent_id is not None:
+        return (_plain_label(p.parent_id) and p.messages is None and p.task is None
+                and p.tools is None and p.origin is None and p.action is not None
+                and _plain_action(p.action))
+    task, origin = p.task, p.origin
+    if not p.messages or task is None or p.action is not None or (
+            origin is not None and "\x00" in origin):
+        return False
+    env, task_id = task.get("env"), task.get("task_id")
+    if not (isinstance(env, str) and _plain_label(env)):
+        return False
+    if isinstance(task_id, str):
+        if "\x00" in task_id:
+            return False
+    elif not isinstance(task_id, int) or isinstance(task_id, bool):
+        return False
+    if p.tools is not None and not all(isinstance(t.get("type"), str) for t in p.tools):
+        return False
+    # a root's tool messages need no tool_call_id (the checks above ask it of observations)
+    return all(_plain_message(m) if m.get("role") != "tool" else isinstance(
+        m.get("content"), str | list) for m in p.messages)
+
+
+def _plain_executed(p: ActionExecuted) -> bool:
+    latency = p.latency_ms
+    return (_plain_label(p.node_id) and all(_plain_message(m) for m in p.observation)
+            and (latency is None or (math.isfinite(latency) and latency >= 0)))
+
+
+def _plain_score(p: ScoreAssigned) -> bool:
+    return (_plain_label(p.node_id) and _plain_label(p.source) and math.isfinite(p.value)
+            and 0.0 <= p.value <= 1.0)
+
+
+def _plain_closed(p: TreeClosed) -> bool:
+    return _plain_label(p.reason)
+
+
+_FAST_CHECKS: Final[dict[str, Callable[[Any], bool]]] = {
+    "node_created": _plain_node,
+    "action_executed": _plain_executed,
+    "score_assigned": _plain_score,
+    "tree_closed": _plain_closed,
+}
+
+
+# --- the types an event's JSON form decodes to, and the rules, checked in place -----------
+
+
+def _dicts(values: Any) -> bool:
+    return type(values) is list and all(type(v) is dict for v in values)
+
+
+def _opt(value: Any, kind: type) -> bool:
+    return value is None or type(value) is kind
+
+
+def _plain_node_fields(p: NodeCreated) -> bool:
+    return (type(p.node_id) is str and _opt(p.parent_id, str)
+            and (p.messages is None or _dicts(p.messages)) and _opt(p.task, dict)
+            and (p.tools is None or _dicts(p.tools)) and _opt(p.origin, str)
+            and _opt(p.action, dict) and _opt(p.produced_by, dict) and _opt(p.meta, dict)
+            and (p.task is None or (type(p.task.get("env")) is str
+                                    and type(p.task.get("task_id")) in (str, int)
+                                    and _opt(p.task.get("split"), str)))
+            and _plain_node(p))
+
+
+def _plain_executed_fields(p: ActionExecuted) -> bool:
+    return (type(p.node_id) is str and _dicts(p.observation) and _opt(p.done, bool)
+            and _opt(p.info, dict) and _opt(p.latency_ms, float) and _opt(p.meta, dict)
+            and _plain_executed(p))
+
+
+def _plain_score_fields(p: ScoreAssigned) -> bool:
+    return (type(p.node_id) is str and type(p.value) is float and type(p.source) is str
+            and _opt(p.detail, dict) and _opt(p.meta, dict) and _plain_score(p))
+
+
+def _plain_closed_fields(p: TreeClosed) -> bool:
+    return (type(p.reason) is str and _opt(p.detail, dict) and _opt(p.meta, dict)
+            and _plain_closed(p))
+
+
+#: Per payload type: its fields hold the types JSON decodes to, and it breaks no rule.
+_PLAIN_FIELDS: Final[dict[type, Callable[[Any], bool]]] = {
+    NodeCreated: _plain_node_fields,
+    ActionExecuted: _plain_executed_fields,
+    ScoreAssigned: _plain_score_fields,
+    TreeClosed: _plain_closed_fields,
+}

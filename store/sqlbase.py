@@ -108,9 +108,11 @@ def utc_text(at: datetime) -> str:
 # --- rows ----------------------------------------------------------------------------------
 
 
-def event_row(ev: Event) -> tuple[Any, ...]:
-    """The values of :data:`EVENT_COLUMNS` for one validated event."""
-    payload = canonical_payload(ev.payload)
+def event_row(ev: Event, payload: bytes | None = None) -> tuple[Any, ...]:
+    """The values of :data:`EVENT_COLUMNS` for one validated event, whose canonical payload
+    is ``payload`` when the caller has it already."""
+    if payload is None:
+        payload = canonical_payload(ev.payload)
     at = ev.recorded_at
     if at.tzinfo is not UTC:
         at = at.astimezone(UTC)
@@ -236,11 +238,14 @@ class Statements(Protocol):
                trees: list[tuple[Any, ...]]) -> None: ...
 
 
-def event_rows(events: Iterable[Event]) -> list[tuple[Any, ...]]:
-    """:func:`event_row` of each event: the CPU-heavy step of an append (canonical JSON and
-    digest), which needs no database, so a streaming append runs it while the previous
-    chunk's insert is under way."""
-    return [event_row(e) for e in events]
+def event_rows(events: Iterable[Event],
+               payloads: Iterable[bytes] | None = None) -> list[tuple[Any, ...]]:
+    """:func:`event_row` of each event (with its canonical payload, when given): the
+    CPU-heavy step of an append (canonical JSON and digest), which needs no database, so a
+    streaming append runs it while the previous chunk's insert is under way."""
+    if payloads is None:
+        return [event_row(e) for e in events]
+    return [event_row(e, p) for e, p in zip(events, payloads, strict=True)]
 
 
 class Appender:
@@ -334,7 +339,8 @@ class Appender:
 
 def append_batch(db: Executor, sql: Statements, events: Sequence[Event],
                  lines: Sequence[int] | None, *, indices: Sequence[int] | None = None,
-                 rules: Validator | None = None) -> AppendResult:
+                 rules: Validator | None = None,
+                 payloads: Sequence[bytes] | None = None) -> AppendResult:
     """Validate ``events`` (already normalized) against the stored facts and insert them:
     :class:`Appender` over a single chunk.
 
@@ -342,7 +348,9 @@ def append_batch(db: Executor, sql: Statements, events: Sequence[Event],
     raises; that is what makes a batch all-or-nothing.
 
     ``rules`` may already hold refusals of the batch (events that did not normalize) and
-    ``indices`` are the events' positions in the batch (default: 0, 1, ...).
+    ``indices`` are the events' positions in the batch (default: 0, 1, ...), ``payloads``
+    their canonical payloads when the caller has them
+    (:meth:`~branchpoint.store.validation.Validator.prepared`).
 
     Raises:
         InvalidEvent: the batch breaks a rule (see :mod:`branchpoint.store.validation`).
@@ -352,7 +360,7 @@ def append_batch(db: Executor, sql: Statements, events: Sequence[Event],
     if events:
         rows, trees = appender.validate(
             db, events, range(1, len(events) + 1) if lines is None else lines,
-            event_rows(events), range(len(events)) if indices is None else indices)
+            event_rows(events, payloads), range(len(events)) if indices is None else indices)
         if rows:
             sql.insert(db, rows, trees)
     return appender.result(db)

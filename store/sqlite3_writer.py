@@ -98,15 +98,17 @@ class Sqlite3Writer:
         given: Sequence[int] = range(1, len(events) + 1) if lines is None else lines
         kept_lines: Sequence[int]
         indices: Sequence[int]
+        payloads: list[bytes] | None = None
         if normalized:
             evs, kept_lines, indices = list(events), given, range(len(events))
         else:
             # refused events are reported with the rest of the batch's problems
-            evs, kept_lines, indices = rules.normalized(events, given, range(len(events)))
+            evs, kept_lines, indices, payloads = rules.prepared(events, given,
+                                                                range(len(events)))
         try:
             return self._transaction(
                 lambda db: append_batch(db, _STATEMENTS, evs, kept_lines, indices=indices,
-                                        rules=rules))
+                                        rules=rules, payloads=payloads))
         except sqlite3.IntegrityError as exc:
             # Only a writer that skipped BEGIN IMMEDIATE can race us past validation.
             found = first_collision(_Cursor(self._con), _STATEMENTS, evs)

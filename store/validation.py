@@ -37,6 +37,7 @@ from branchpoint.store.events import (
     ScoreAssigned,
     digest,
     normalize,
+    normalize_canonical,
 )
 
 __all__ = ["Known", "NodeFacts", "Validator", "check_batch", "drop_duplicates", "lookups"]
@@ -157,6 +158,26 @@ class Validator:
             kept_lines.append(line)
             kept_indices.append(index)
         return out, kept_lines, kept_indices
+
+    def prepared(self, events: Sequence[Event], lines: Sequence[int], indices: Sequence[int]
+                 ) -> tuple[list[Event], list[int], list[int], list[bytes]]:
+        """:meth:`normalized` for a writer that stores the events: with each kept event's
+        canonical payload (see :func:`~branchpoint.store.events.normalize_canonical`)."""
+        out: list[Event] = []
+        payloads: list[bytes] = []
+        kept_lines: list[int] = []
+        kept_indices: list[int] = []
+        for ev, line, index in zip(events, lines, indices, strict=True):
+            try:
+                normal, payload = normalize_canonical(ev)
+            except InvalidEvent as exc:
+                self.refuse(ev, index, line, exc)
+                continue
+            out.append(normal)
+            payloads.append(payload)
+            kept_lines.append(line)
+            kept_indices.append(index)
+        return out, kept_lines, kept_indices, payloads
 
     def drop_duplicates(self, events: Sequence[Event], stored_digests: Mapping[str, str],
                         lines: Sequence[int], digests: Sequence[str] | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,9 @@ from typing import Any
 import pytest
 
 from branchpoint.sdk import Recorder
-from branchpoint.sdk.pipeline import refused_with_dependants
-from branchpoint.sdk.sinks import Rejection
+from branchpoint.sdk.pipeline import Pipeline, refused_with_dependants
+from branchpoint.sdk.sinks import Outage, Rejection
+from branchpoint.sdk.spool import DeadLetters, Spool
 from branchpoint.store.builder import TreeBuilder
 from tests.sdk.conftest import StoreServer, stored, wait_for
 
@@ -153,3 +155,49 @@ def test_when_memory_and_disk_are_both_full_events_are_dropped_counted_and_logge
     assert s.dropped > 0 and s.spooled > 0
     assert "dropped" in caplog.text
     rec.close(timeout=1)
+
+
+class _OutageThenUp:
+    """A sink whose first send waits to be released and then finds the destination down;
+    every later send stores its batch."""
+
+    destination = "fake://outage-then-up"
+
+    def __init__(self) -> None:
+        self.started, self.release = threading.Event(), threading.Event()
+        self.stored: list[str] = []
+        self.sends = 0
+
+    def send(self, events: Any, *, normalized: bool = False) -> None:
+        self.sends += 1
+        if self.sends == 1:
+            self.started.set()
+            self.release.wait(10)
+            raise Outage("down")
+        self.stored += [e.event_id for e in events]
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_flush_waits_for_a_send_it_began_not_one_already_under_way(tmp_path: Path) -> None:
+    sink = _OutageThenUp()
+    folder = tmp_path / "spool"
+    pipeline = Pipeline(sink, Spool(folder), DeadLetters(folder, sink.destination),
+                        linger_s=0.001, backoff_s=(0.2, 0.2))
+    b = TreeBuilder("t", writer="w")
+    b.root([{"role": "user", "content": "go"}], {"env": "e", "task_id": 1})
+    b.step("root", {"role": "assistant", "content": "a"}, [{"role": "user", "content": "b"}],
+           done=True)
+    events = b.take()
+    pipeline.put(events)
+    assert sink.started.wait(10)  # the first send is under way
+    flushed: list[bool] = []
+    flusher = threading.Thread(target=lambda: flushed.append(pipeline.flush(timeout=10)))
+    flusher.start()
+    wait_for(lambda: pipeline._flushing == 1, what="the flush to begin")
+    sink.release.set()  # the send begun before the flush fails; the next one stores them
+    flusher.join(15)
+    assert flushed == [True]
+    assert sink.stored == [e.event_id for e in events]
+    assert pipeline.close(timeout=5)

@@ -146,3 +146,29 @@ def test_resume_adds_to_a_stored_trajectory(db_path: Path) -> None:
 def test_a_destination_of_another_kind_is_refused_with_its_url() -> None:
     with pytest.raises(ValueError, match="mysql://x"):
         Recorder("mysql://x")
+
+
+def test_trajectory_ids_sort_in_the_order_they_were_opened(db_path: Path) -> None:
+    rec = Recorder(f"sqlite:///{db_path}")
+    ids = [rec.trajectory("go", env="fs", task_id=i).tree_id for i in range(50)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    rec.close()
+
+
+def test_a_trajectory_let_go_of_is_freed_without_the_cyclic_collector(db_path: Path) -> None:
+    import gc
+    import weakref
+
+    rec = Recorder(f"sqlite:///{db_path}")
+    gc.disable()
+    try:
+        t = rec.trajectory("go", env="fs", task_id=1)
+        t.fork(t.step("ls", "a.txt")).step("cat a.txt", "x")
+        t.close()
+        rec.flush(timeout=10)  # its calls are built into events: the recorder lets go too
+        gone = weakref.ref(t)
+        del t
+        assert gone() is None
+    finally:
+        gc.enable()
+    assert rec.close() and rec.stats().sent == 6
