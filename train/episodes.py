@@ -16,7 +16,8 @@ from branchpoint.sampler.envs.base import Message, tasks_in_split, usage
 from branchpoint.sampler.envs.registry import make_env
 from branchpoint.store.splits import Split
 
-__all__ = ["Episode", "Policy", "demonstrations", "play", "text_opening", "texts_of"]
+__all__ = ["Episode", "Policy", "demonstrations", "play", "step_windows", "text_opening",
+           "texts_of"]
 
 Policy = Callable[[list[Message]], Message]
 
@@ -113,3 +114,32 @@ def texts_of(episodes: Sequence[Episode]) -> Iterator[str]:
             content = m.get("content")
             if isinstance(content, str):
                 yield f"{m.get('role')}\n{content}"
+
+
+def step_windows(episodes: Sequence[Episode], turns: int = 3) -> Iterator[dict[str, Any]]:
+    """Short conversations for a first stage of supervised fine-tuning: for each action of
+    each episode, the request (the opening's user messages, without the system message),
+    the ``turns`` actions and observations just before it, then the action.
+
+    A model built from scratch learns to copy from its context (the request's tag, a path
+    from the last ``find``) in windows of a hundred tokens long before it does in whole
+    episodes, and the lookups it learns there carry over to whole episodes.
+
+    Raises:
+        ValueError: ``turns`` below 0.
+    """
+    if turns < 0:
+        raise ValueError(f"turns must be 0 or more, got {turns}")
+    for ep in episodes:
+        first = next((i for i, m in enumerate(ep.messages) if m.get("role") == "assistant"),
+                     len(ep.messages))
+        request = [m for m in ep.messages[:first] if m.get("role") == "user"]
+        history: list[list[Message]] = []  # each action with the observations after it
+        for m in ep.messages[first:]:
+            if m.get("role") == "assistant":
+                recent = [x for turn in history[len(history) - turns:] for x in turn] \
+                    if turns else []
+                yield {"messages": [*request, *recent, m]}
+                history.append([m])
+            elif history:
+                history[-1].append(m)

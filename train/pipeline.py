@@ -42,7 +42,7 @@ from branchpoint.train.grow import GrowSettings
 from branchpoint.train.model import ModelSpec
 from branchpoint.train.trainers import DpoSettings, SftSettings
 
-__all__ = ["DemoSettings", "Stage", "run_pipeline"]
+__all__ = ["DemoSettings", "Stage", "WindowSettings", "run_pipeline"]
 
 Progress = Callable[[str, str], None]  # (stage, message)
 
@@ -60,6 +60,7 @@ class DemoSettings:
         envs=("fs",), options={"fs": {"difficulty": "easy", "max_steps": 12}}))
     sft_demos: int = 800
     sft_mistakes: float = 0.2
+    windows: WindowSettings | None = None
     sft: SftSettings = field(default_factory=lambda: SftSettings(epochs=3.0,
                                                                  learning_rate=2e-3))
     sample_tasks: int = 200
@@ -72,6 +73,18 @@ class DemoSettings:
     eval_tasks: int = 50
     eval_samples: int = 4
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class WindowSettings:
+    """The first stage of supervised fine-tuning: :func:`~branchpoint.train.episodes.
+    step_windows` of the expert's mistake-free demonstrations (the request, the last
+    ``turns`` actions and observations, the next action), before the whole episodes."""
+
+    demos: int = 1000
+    turns: int = 3
+    sft: SftSettings = field(default_factory=lambda: SftSettings(
+        epochs=6.0, learning_rate=1e-3, batch_size=8))
 
 
 @dataclass
@@ -253,6 +266,30 @@ def _export(db: str, target: Path, settings: DemoSettings) -> int:
     return sum(1 for line in target.read_text().splitlines() if line.strip())
 
 
+def _sft(settings: DemoSettings, base: str, folder: Path, say: Progress) -> dict[str, Any]:
+    """SFT from ``base``: on the step windows first when ``settings.windows`` is set, then
+    on whole demonstrations with mistakes."""
+    from branchpoint.train.episodes import demonstrations, step_windows
+    from branchpoint.train.trainers import train_sft
+
+    start, info = base, {}
+    if settings.windows is not None:
+        w = settings.windows
+        short = list(step_windows(list(demonstrations(
+            settings.env, w.demos, options=settings.options)), w.turns))
+        start = str(train_sft(start, short, folder / "windows", w.sft,
+                              on_log=lambda log: say("sft", f"windows: step {log['step']}"
+                                                     f"/{log['max_steps']}")))
+        info = {"windows_model": start, "windows": len(short)}
+    rows = [{"messages": e.messages} for e in demonstrations(
+        settings.env, settings.sft_demos, mistakes=settings.sft_mistakes,
+        options=settings.options)]
+    model = train_sft(start, rows, folder / "model", settings.sft,
+                      on_log=lambda log: say("sft", f"step {log['step']}/"
+                                             f"{log['max_steps']}"))
+    return {"model": str(model), "demos": len(rows), **info}
+
+
 def run_pipeline(settings: DemoSettings, out: Path, *, fresh: bool = False,
                  progress: Progress | None = None) -> dict[str, Any]:
     """Run (or resume) every stage; write and return the report (``OUT/report.json``).
@@ -264,7 +301,7 @@ def run_pipeline(settings: DemoSettings, out: Path, *, fresh: bool = False,
     """
     from branchpoint.train.deps import require_train
     from branchpoint.train.model import build_model
-    from branchpoint.train.trainers import read_jsonl, train_dpo, train_sft
+    from branchpoint.train.trainers import read_jsonl, train_dpo
 
     require_train()
     say = progress or (lambda stage, msg: None)
@@ -280,18 +317,10 @@ def run_pipeline(settings: DemoSettings, out: Path, *, fresh: bool = False,
         "model": str(build_model(f / "model", settings.model))})
 
     def sft_work(folder: Path) -> dict[str, Any]:
-        from branchpoint.train.episodes import demonstrations
-
-        rows = [{"messages": e.messages} for e in demonstrations(
-            settings.env, settings.sft_demos, mistakes=settings.sft_mistakes,
-            options=settings.options)]
-        model = train_sft(build.info["model"], rows, folder / "model", settings.sft,
-                          on_log=lambda log: say("sft", f"step {log['step']}/"
-                                                 f"{log['max_steps']}"))
-        return {"model": str(model), "demos": len(rows)}
+        return _sft(settings, build.info["model"], folder, say)
 
     k_sft = _key(k_build, "sft", settings.env, settings.options, settings.sft_demos,
-                 settings.sft_mistakes, settings.sft)
+                 settings.sft_mistakes, settings.sft, settings.windows)
     sft = stages.run("sft", k_sft, sft_work)
     sft_model = Path(sft.info["model"])
 

@@ -12,7 +12,7 @@ pytest.importorskip("trl")
 
 from branchpoint.train.grow import GrowSettings
 from branchpoint.train.model import ModelSpec
-from branchpoint.train.pipeline import DemoSettings, run_pipeline
+from branchpoint.train.pipeline import DemoSettings, WindowSettings, run_pipeline
 from branchpoint.train.trainers import DpoSettings, SftSettings
 
 OPTIONS = {"difficulty": "easy", "max_steps": 8}
@@ -30,6 +30,9 @@ def tiny(engine: str) -> DemoSettings:
                         hidden_size=64, layers=1, heads=2, kv_heads=1,
                         intermediate_size=128),
         sft_demos=48, sft_mistakes=0.3,
+        windows=WindowSettings(demos=8, turns=3, sft=SftSettings(epochs=1.0,
+                                                                 learning_rate=1e-2,
+                                                                 batch_size=8)),
         sft=SftSettings(epochs=10.0, learning_rate=1e-2, batch_size=8),
         sample_tasks=10, grow=GrowSettings(candidates=4, rollouts=1, branch_points=4),
         temperature=1.0, max_tokens=24, margin=0.1,
@@ -56,6 +59,11 @@ def check_artifacts(out: Path, report: dict[str, object]) -> None:
             AutoTokenizer.from_pretrained(str(folder))
             config = json.loads((folder / "tokenizer_config.json").read_text())
             assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+        if stage["name"] == "sft":  # the step windows came first, and the whole episodes
+            info = json.loads((Path(stage["folder"]) / "done.json").read_text())
+            assert info["windows"] > 8 and Path(info["windows_model"]).is_dir()
+            base = json.loads((folder / "branchpoint_train.json").read_text())["base"]
+            assert base == info["windows_model"]
     for stage in report["stages"]:  # type: ignore[attr-defined]
         if stage["name"].startswith("eval"):
             rows = (Path(stage["folder"]) / "results.jsonl").read_text().splitlines()
