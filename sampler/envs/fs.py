@@ -592,8 +592,8 @@ _TASK = re.compile(
 
 
 class FsExpert(Expert):
-    """Solves ``fs`` tasks from the conversation: ``find`` the tagged files, ``find`` the
-    coded file (and ``cat`` it to edit), ``mkdir``, ``mv`` each, rename or ``write`` the
+    """Solves ``fs`` tasks from the conversation: ``mkdir``, ``find`` the tagged files and
+    ``mv`` each, ``find`` the coded file (and ``cat`` it to edit), rename or ``write`` the
     edit, ``write`` the index, ``submit``. Every path it uses is copied from the task text
     or an observation.
 
@@ -651,23 +651,25 @@ class FsExpert(Expert):
             if rng.random() < 0.5 else ("ls", {"path": "/"}))
         early: tuple[str, dict[str, Any]] = ("submit", {})
         tag_q, code_q = f"tag {tag}", f"code {code}"
+        # Each step reads what the step just before it showed: the new folder first, then
+        # find the tagged files and move them, then find the coded file and change it.
         steps: list[tuple[tuple[str, dict[str, Any]], tuple[str, dict[str, Any]] | None]] = []
-        if tag_q not in found:
-            steps.append((("find", {"text": tag_q}), waste))
-        if code_q not in found:
-            steps.append((("find", {"text": code_q}), waste))
-        coded = found.get(code_q, [])
-        target = coded[0] if coded else None
-        if m["ecode"] and target and target not in cats:
-            steps.append((("cat", {"path": target}), waste))
         if ("mkdir", folder) not in done:
             steps.append((("mkdir", {"path": folder}), waste))
+        if tag_q not in found:
+            steps.append((("find", {"text": tag_q}), waste))
         tagged = [p for p in found.get(tag_q, []) if not p.startswith(folder + "/")]
         for p in tagged:
             if ("mv", p) not in done:
                 name = p.rsplit("/", 1)[1]
                 steps.append((("mv", {"src": p, "dst": folder}),
                               ("mv", {"src": p, "dst": "/" + name})))
+        if code_q not in found:
+            steps.append((("find", {"text": code_q}), waste))
+        coded = found.get(code_q, [])
+        target = coded[0] if coded else None
+        if m["ecode"] and target and target not in cats:
+            steps.append((("cat", {"path": target}), waste))
         if target and m["rcode"] and ("mv", target) not in done:
             parent = target.rsplit("/", 1)[0]
             other = rng.choice([f"{w}.txt" for w in WORDS if f"{w}.txt" != m["new"]])

@@ -192,8 +192,12 @@ def test_the_expert_needs_at_least_four_steps_and_never_peeks():
         messages = list(env.reset().messages)
         expert = env.expert()
         first = expert.act(messages)
-        # With only the opening messages it can do nothing but explore.
-        assert first["tool_calls"][0]["function"]["name"] == "find"
+        # With only the opening messages it can make the folder the request names, and
+        # then it must explore: no path of a file comes from anywhere but an observation.
+        assert first["tool_calls"][0]["function"]["name"] == "mkdir"
+        messages += [first, *env.step(first).observation]
+        second = expert.act(messages)
+        assert second["tool_calls"][0]["function"]["name"] == "find"
         while not env.done:
             action = expert.act(messages)
             messages += [action, *env.step(action).observation]
