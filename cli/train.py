@@ -75,6 +75,10 @@ def build(  # noqa: PLR0917 - Typer reads options from the parameters
     kv_heads: Annotated[int, typer.Option("--kv-heads", min=1)] = 2,
     intermediate_size: Annotated[int, typer.Option("--intermediate-size", min=16)] = 384,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    pretokenizer: Annotated[str, typer.Option(
+        "--pretokenizer", help="qwen2 (Qwen2's own splitting) or names (punctuation "
+        "marks stand alone, so a name is spelt with the same tokens wherever it "
+        "stands); both load the same in transformers and vLLM.")] = "qwen2",
 ) -> None:
     """Build a small chat model no download is needed for: a byte-level BPE tokenizer
     trained on the environments' expert demonstrations, a ChatML chat template, and a
@@ -87,7 +91,8 @@ def build(  # noqa: PLR0917 - Typer reads options from the parameters
         spec = ModelSpec(envs=tuple(envs), options=parse_options(option, envs),
                          demo_tasks=demo_tasks, vocab_size=vocab_size,
                          hidden_size=hidden_size, layers=layers, heads=heads,
-                         kv_heads=kv_heads, intermediate_size=intermediate_size, seed=seed)
+                         kv_heads=kv_heads, intermediate_size=intermediate_size, seed=seed,
+                         pretokenizer=pretokenizer)
         if hidden_size % heads or heads % kv_heads:
             raise ValueError("--hidden-size must be a multiple of --heads, and --heads a "
                              "multiple of --kv-heads")

@@ -33,6 +33,14 @@ __all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "ModelSpec", "build_model", "build
 # Qwen2's pre-tokenization: letters, single digits, punctuation runs, spaces and newlines.
 PRETOKENIZE_REGEX = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"""
                      r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
+# A refinement of it (every piece lies inside one of Qwen2's, and no merge can join two
+# pieces, so Qwen2's own pre-tokenizer gives the same tokens): a word keeps its leading
+# space but never a punctuation mark, and punctuation marks stand alone. A name then reads
+# the same in `/src/todo.txt` at the start of a line and in `mv /src/todo.txt`, which is
+# what a small model copying from its context needs.
+NAMES_REGEX = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]|"""
+               r"""\s*[\r\n]+|\s+(?!\S)|\s+""")
+PRETOKENIZERS = {"qwen2": PRETOKENIZE_REGEX, "names": NAMES_REGEX}
 BOS, EOS, PAD = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 SPECIAL_TOKENS = (PAD, BOS, EOS)
 
@@ -76,6 +84,7 @@ class ModelSpec:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per environment
     demo_tasks: int = 300  # per environment, train split, for the tokenizer
     vocab_size: int = 2048
+    pretokenizer: str = "qwen2"  # or "names": see NAMES_REGEX
     hidden_size: int = 128
     layers: int = 4
     heads: int = 4
@@ -85,9 +94,16 @@ class ModelSpec:
     seed: int = 0
 
 
-def build_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
+def build_tokenizer(texts: Iterable[str], vocab_size: int, pretokenizer: str = "qwen2") -> Any:
     """A byte-level BPE ``PreTrainedTokenizerFast`` trained on ``texts``, with the ChatML
-    special tokens and chat template."""
+    special tokens and chat template.
+
+    Raises:
+        ValueError: a ``pretokenizer`` other than those of :data:`PRETOKENIZERS`.
+    """
+    if pretokenizer not in PRETOKENIZERS:
+        raise ValueError(f"pretokenizer must be one of {', '.join(PRETOKENIZERS)}, "
+                         f"got {pretokenizer!r}")
     require_train()
     from tokenizers import (
         Regex,
@@ -101,12 +117,13 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    # The very normalizer and pre-tokenizer of Qwen2's tokenizer: AutoTokenizer maps a
-    # folder whose config says qwen2 to Qwen2Tokenizer, which rebuilds the tokenizer from
-    # the vocabulary and merges with these, so any other choice would tokenize differently.
+    # The very normalizer and pre-tokenizer of Qwen2's tokenizer (or a refinement of it):
+    # AutoTokenizer maps a folder whose config says qwen2 to Qwen2Tokenizer, which rebuilds
+    # the tokenizer from the vocabulary and merges with Qwen2's, so a splitting that is not
+    # Qwen2's or finer would tokenize differently there.
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.Split(Regex(PRETOKENIZERS[pretokenizer]), behavior="isolated", invert=False),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     tok.decoder = decoders.ByteLevel()
@@ -162,7 +179,7 @@ def build_model(out: str | Path, spec: ModelSpec | None = None,
             episodes += list(demonstrations(env, spec.demo_tasks, mistakes=0.3,
                                             options=spec.options.get(env)))
         texts = list(texts_of(episodes))
-    tokenizer = build_tokenizer(texts, spec.vocab_size)
+    tokenizer = build_tokenizer(texts, spec.vocab_size, spec.pretokenizer)
     torch.manual_seed(spec.seed)
     config = Qwen2Config(
         vocab_size=len(tokenizer), hidden_size=spec.hidden_size,

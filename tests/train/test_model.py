@@ -19,11 +19,13 @@ from branchpoint.train.model import EOS, ModelSpec, build_model
 OPTIONS = {"fs": {"difficulty": "easy"}}
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="module", params=["qwen2", "names"])
+def model_dir(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+              ) -> Path:
     out = tmp_path_factory.mktemp("model")
     spec = ModelSpec(envs=("fs",), options=OPTIONS, demo_tasks=40, vocab_size=600,
-                     hidden_size=32, layers=1, heads=2, kv_heads=1, intermediate_size=64)
+                     hidden_size=32, layers=1, heads=2, kv_heads=1, intermediate_size=64,
+                     pretokenizer=request.param)
     return build_model(out, spec)
 
 
@@ -145,3 +147,17 @@ def test_older_transformers_read_the_same_tokens_and_template(model_dir: Path) -
         messages, tokenize=True, return_dict=True, add_generation_prompt=True)["input_ids"]
     assert theirs["ids"] == list(ours)
     assert theirs["eos"] == EOS
+
+
+def test_with_names_a_path_is_spelt_the_same_at_a_line_start_and_after_a_space(
+        tmp_path: Path) -> None:
+    from branchpoint.train.model import build_tokenizer
+
+    texts = ["/src/todo.txt\nmv /src/todo.txt /teal", "find tag teal"] * 50
+    tok = build_tokenizer(texts, 300, "names")
+    alone = tok("/src/todo.txt")["input_ids"]
+    in_command = tok("mv /src/todo.txt /teal")["input_ids"]
+    assert [tok.decode([i]) for i in alone] == ["/", "src", "/", "todo", ".", "txt"]
+    assert in_command[2:7] == alone[1:]  # after " /": the same tokens from the name on
+    with pytest.raises(ValueError, match="pretokenizer must be one of"):
+        build_tokenizer(texts, 300, "words")
