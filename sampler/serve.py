@@ -213,6 +213,12 @@ class ModelServer:
             # engine ("CPU Generator does not use offset" when the chunk's sampled token is
             # discarded); without chunked prefill every prompt is prefilled at once.
             cmd += ["--no-enable-chunked-prefill"]
+            # The CPU build serves float32 weights in bfloat16 by default; on a machine
+            # whose CPU advertises AMX, its bfloat16 kernels killed the engine at the first
+            # request ("EngineCore encountered an issue", no traceback). float32 runs
+            # everywhere, and runs a small model as transformers does.
+            if "--dtype" not in c.extra_args:
+                cmd += ["--dtype", "float32"]
         return [*cmd, *c.extra_args]
 
     def environment(self, cpu: bool) -> dict[str, str]:
