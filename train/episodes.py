@@ -137,8 +137,7 @@ def step_windows(episodes: Sequence[Episode], turns: int = 3) -> Iterator[dict[s
         history: list[list[Message]] = []  # each action with the observations after it
         for m in ep.messages[first:]:
             if m.get("role") == "assistant":
-                recent = [x for turn in history[len(history) - turns:] for x in turn] \
-                    if turns else []
+                recent = [x for turn in history[-turns:] for x in turn] if turns else []
                 yield {"messages": [*request, *recent, m]}
                 history.append([m])
             elif history:

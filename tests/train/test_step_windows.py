@@ -9,9 +9,10 @@ from branchpoint.train.episodes import demonstrations, step_windows
 OPTIONS = {"difficulty": "easy", "max_steps": 12}
 
 
-def test_each_action_gets_the_request_and_the_turns_just_before_it() -> None:
+@pytest.mark.parametrize("turns", [1, 2, 3])
+def test_each_action_gets_the_request_and_the_turns_just_before_it(turns: int) -> None:
     episodes = list(demonstrations("fs", 3, options=OPTIONS))
-    rows = list(step_windows(episodes, turns=2))
+    rows = list(step_windows(episodes, turns=turns))
     assert len(rows) == sum(e.steps for e in episodes)
     for ep in episodes:
         request = [m for m in ep.messages[:2] if m["role"] == "user"]
@@ -23,7 +24,8 @@ def test_each_action_gets_the_request_and_the_turns_just_before_it() -> None:
             messages = row["messages"]
             assert messages[0] == request[0]  # the request, never the system message
             assert messages[-1] == body[2 * k]  # the k-th action closes the window
-            assert messages[1:-1] == body[max(0, 2 * k - 4):2 * k]  # two turns before it
+            # up to `turns` actions with their observations, just before it
+            assert messages[1:-1] == body[max(0, 2 * (k - turns)):2 * k]
             assert [m["role"] for m in messages[1:]] == \
                 ["assistant", "user"] * ((len(messages) - 2) // 2) + ["assistant"]
 
