@@ -7,7 +7,9 @@ holding short text files whose lines are ``key value`` pairs (``tag red``, ``cod
 
 1. move every file that contains ``tag T`` into a new folder ``/T`` (1, 2 or 3 files);
 2. either rename the file that contains ``code N`` (same folder, new name), or edit it
-   (change one ``owner`` line), which needs reading it first;
+   (change one ``owner`` line), which needs reading it first; at ``easy`` always rename
+   (an edit means copying a whole file with one line changed, a lookup that a model
+   trained from scratch for minutes does not learn: see the README's proof section);
 3. write ``/T/index.txt`` listing the moved files' names, sorted, one per line;
 
 then ``submit``. That is at least six steps of exploration and change.
@@ -114,7 +116,7 @@ class FsTask:
         self.expected = expected
 
     def prompt(self) -> str:
-        step2 = (f'Rename the file that contains "code {self.code}" to {self.new_name}, in '
+        step2 = (f'Rename the file that contains "code {self.code}" to "{self.new_name}", in '
                  "the same folder."
                  if self.kind == "rename" else
                  f'In the file that contains "code {self.code}", change "{self.old_line}" '
@@ -165,6 +167,8 @@ def make_task(task_id: int, difficulty: str = "medium") -> FsTask:
             lines.append(f"size {rng.randint(1, 99)}")
         files[p] = "\n".join(lines)
     kind = rng.choice(("rename", "edit"))
+    if difficulty == "easy":  # drawn all the same, so the rest of the task stays as it was
+        kind = "rename"
     code = files[target].split("\n")[1].split()[1]
     taken = {p[-1] for p in paths if p[:-1] == target[:-1]}
     new_name = rng.choice([f"{w}.txt" for w in WORDS if f"{w}.txt" not in taken])
@@ -586,7 +590,7 @@ class FsEnv(ToolEnvironment):
 
 _TASK = re.compile(
     r'contains "tag (?P<tag>\w+)" into a new folder /(?P<folder>\w+)\.\n2\. '
-    r'(?:Rename the file that contains "code (?P<rcode>\d+)" to (?P<new>[\w.-]+),'
+    r'(?:Rename the file that contains "code (?P<rcode>\d+)" to "(?P<new>[\w.-]+)",'
     r'|In the file that contains "code (?P<ecode>\d+)", change "(?P<old>[^"]+)" to '
     r'"(?P<newline>[^"]+)")')
 

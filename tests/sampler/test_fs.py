@@ -41,6 +41,15 @@ def test_tasks_are_deterministic_and_have_at_least_three_subgoals(difficulty):
             assert 0 < check.score < 1  # untouched: only "intact" holds
 
 
+def test_easy_tasks_always_rename_and_the_others_also_edit():
+    kinds = {d: {make_task(t, d).kind for t in range(60)} for d in DIFFICULTIES}
+    assert kinds == {"easy": {"rename"}, "medium": {"rename", "edit"},
+                     "hard": {"rename", "edit"}}
+    task = make_task(0, "easy")
+    # The new name is quoted, as every other value the request names.
+    assert f'to "{task.new_name}", in the same folder' in task.prompt()
+
+
 def test_an_unknown_difficulty_or_option_is_refused():
     with pytest.raises(ValueError, match="difficulty"):
         FsEnv(0, difficulty="insane")

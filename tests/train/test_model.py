@@ -149,15 +149,19 @@ def test_older_transformers_read_the_same_tokens_and_template(model_dir: Path) -
     assert theirs["eos"] == EOS
 
 
-def test_with_names_a_path_is_spelt_the_same_at_a_line_start_and_after_a_space(
-        tmp_path: Path) -> None:
+def test_with_names_a_name_is_one_token_wherever_it_stands(tmp_path: Path) -> None:
     from branchpoint.train.model import build_tokenizer
 
-    texts = ["/src/todo.txt\nmv /src/todo.txt /teal", "find tag teal"] * 50
+    texts = ["/src/todo.txt\nmv /src/todo.txt /teal", "find tag teal",
+             'write /teal/index.txt todo.txt', 'to "todo.txt", in'] * 50
     tok = build_tokenizer(texts, 300, "names")
-    alone = tok("/src/todo.txt")["input_ids"]
-    in_command = tok("mv /src/todo.txt /teal")["input_ids"]
-    assert [tok.decode([i]) for i in alone] == ["/", "src", "/", "todo", ".", "txt"]
-    assert in_command[2:7] == alone[1:]  # after " /": the same tokens from the name on
+
+    def spelt(text: str) -> list[str]:
+        return [tok.decode([i]) for i in tok(text)["input_ids"]]
+
+    assert spelt("/src/todo.txt") == ["/", "src", "/", "todo", ".", "txt"]
+    assert spelt("mv /src/todo.txt /teal")[:4] == ["mv", " ", "/", "src"]
+    assert spelt("write /teal/index.txt todo.txt")[-4:] == [" ", "todo", ".", "txt"]
+    assert spelt('to "todo.txt"')[:4] == ["to", " ", '"', "todo"]
     with pytest.raises(ValueError, match="pretokenizer must be one of"):
         build_tokenizer(texts, 300, "words")
