@@ -57,12 +57,13 @@ class DemoSettings:
         default_factory=lambda: {"difficulty": "easy", "max_steps": 12})
     engine: str = "vllm"
     model: ModelSpec = field(default_factory=lambda: ModelSpec(
-        envs=("fs",), options={"fs": {"difficulty": "easy", "max_steps": 12}}))
+        envs=("fs",), options={"fs": {"difficulty": "easy", "max_steps": 12}},
+        pretokenizer="names", layers=2))
     sft_demos: int = 800
     sft_mistakes: float = 0.2
-    windows: WindowSettings | None = None
-    sft: SftSettings = field(default_factory=lambda: SftSettings(epochs=3.0,
-                                                                 learning_rate=2e-3))
+    windows: WindowSettings | None = field(default_factory=lambda: WindowSettings())
+    sft: SftSettings = field(default_factory=lambda: SftSettings(
+        epochs=2.0, learning_rate=5e-4, batch_size=4))
     sample_tasks: int = 200
     grow: GrowSettings = field(default_factory=GrowSettings)
     temperature: float = 0.7
@@ -401,7 +402,9 @@ def _report(settings: DemoSettings, stages: list[Stage], before: EvalResult,
         "by_env": {settings.env: {**figures, "options": settings.options}},
         "settings": json.loads(json.dumps(asdict(settings), default=str)),
         "trees": sample.info.get("db"),
-        "look_at_trees": f"branchpoint stats --db {sample.info.get('db')}",
+        "look_at_trees": f"branchpoint serve --db {sample.info.get('db')} (the viewer at "
+                         f"http://127.0.0.1:8000/); branchpoint stats --db "
+                         f"{sample.info.get('db')}",
     }
 
 
