@@ -138,10 +138,15 @@ def sft(  # noqa: PLR0917 - Typer reads options from the parameters
     seed: Annotated[int, typer.Option("--seed")] = 0,
     lora: Annotated[bool, typer.Option("--lora", help="Train LoRA adapters (peft) and "
                                        "merge them.")] = False,
+    windows: Annotated[int | None, typer.Option(
+        "--windows", min=0, help="Train on step windows instead of whole conversations: "
+        "for each assistant turn, the request, the TURNS turns before it and the turn "
+        "(how the demo's small model first learns to copy names from its context).")
+        ] = None,
 ) -> None:
     """Supervised fine-tuning with TRL's SFTTrainer, loss on the assistant turns only."""
     _guard()
-    from branchpoint.train.episodes import demonstrations
+    from branchpoint.train.episodes import demonstrations, step_windows
     from branchpoint.train.trainers import SftSettings, read_jsonl, train_sft
 
     envs = list(env or ["fs"])
@@ -152,6 +157,12 @@ def sft(  # noqa: PLR0917 - Typer reads options from the parameters
             options = parse_options(option, envs)
             rows = [{"messages": ep.messages} for name in envs for ep in
                     demonstrations(name, demos, mistakes=mistakes, options=options[name])]
+        if windows is not None:
+            for number, row in enumerate(rows, start=1):
+                if not isinstance(row.get("messages"), list):
+                    raise ValueError(f"conversation {number} has no `messages` list to cut "
+                                     "into --windows")
+            rows = list(step_windows((row["messages"] for row in rows), windows))
         settings = SftSettings(epochs=epochs, learning_rate=lr, batch_size=batch_size,
                                max_length=max_length, seed=seed, lora=lora)
         typer.echo(f"SFT of {model} on {len(rows)} conversations", err=True)

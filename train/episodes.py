@@ -8,7 +8,7 @@ all play through :func:`play`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,10 +116,12 @@ def texts_of(episodes: Sequence[Episode]) -> Iterator[str]:
                 yield f"{m.get('role')}\n{content}"
 
 
-def step_windows(episodes: Sequence[Episode], turns: int = 3) -> Iterator[dict[str, Any]]:
+def step_windows(conversations: Iterable[Episode | Sequence[Message]], turns: int = 3,
+                 ) -> Iterator[dict[str, Any]]:
     """Short conversations for a first stage of supervised fine-tuning: for each action of
-    each episode, the request (the opening's user messages, without the system message),
-    the ``turns`` actions and observations just before it, then the action.
+    each episode (or conversation: its messages), the request (the opening's user messages,
+    without the system message), the ``turns`` actions and observations just before it,
+    then the action.
 
     A model built from scratch learns to copy from its context (the request's tag, a path
     from the last ``find``) in windows of a hundred tokens long before it does in whole
@@ -130,12 +132,13 @@ def step_windows(episodes: Sequence[Episode], turns: int = 3) -> Iterator[dict[s
     """
     if turns < 0:
         raise ValueError(f"turns must be 0 or more, got {turns}")
-    for ep in episodes:
-        first = next((i for i, m in enumerate(ep.messages) if m.get("role") == "assistant"),
-                     len(ep.messages))
-        request = [m for m in ep.messages[:first] if m.get("role") == "user"]
+    for conversation in conversations:
+        messages = conversation.messages if isinstance(conversation, Episode) else conversation
+        first = next((i for i, m in enumerate(messages) if m.get("role") == "assistant"),
+                     len(messages))
+        request = [m for m in messages[:first] if m.get("role") == "user"]
         history: list[list[Message]] = []  # each action with the observations after it
-        for m in ep.messages[first:]:
+        for m in messages[first:]:
             if m.get("role") == "assistant":
                 recent = [x for turn in history[-turns:] for x in turn] if turns else []
                 yield {"messages": [*request, *recent, m]}

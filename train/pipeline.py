@@ -48,6 +48,18 @@ Progress = Callable[[str, str], None]  # (stage, message)
 
 
 @dataclass(frozen=True)
+class WindowSettings:
+    """The first stage of supervised fine-tuning: :func:`~branchpoint.train.episodes.
+    step_windows` of the expert's mistake-free demonstrations (the request, the last
+    ``turns`` actions and observations, the next action), before the whole episodes."""
+
+    demos: int = 1000
+    turns: int = 3
+    sft: SftSettings = field(default_factory=lambda: SftSettings(
+        epochs=6.0, learning_rate=1e-3, batch_size=8))
+
+
+@dataclass(frozen=True)
 class DemoSettings:
     """Everything that shapes the demo's result. The defaults are the settings chosen on
     validation tasks (see the README's proof section)."""
@@ -61,7 +73,7 @@ class DemoSettings:
         pretokenizer="names", layers=2))
     sft_demos: int = 800
     sft_mistakes: float = 0.2
-    windows: WindowSettings | None = field(default_factory=lambda: WindowSettings())
+    windows: WindowSettings | None = field(default_factory=WindowSettings)
     sft: SftSettings = field(default_factory=lambda: SftSettings(
         epochs=2.0, learning_rate=5e-4, batch_size=4))
     sample_tasks: int = 200
@@ -74,18 +86,6 @@ class DemoSettings:
     eval_tasks: int = 50
     eval_samples: int = 4
     seed: int = 0
-
-
-@dataclass(frozen=True)
-class WindowSettings:
-    """The first stage of supervised fine-tuning: :func:`~branchpoint.train.episodes.
-    step_windows` of the expert's mistake-free demonstrations (the request, the last
-    ``turns`` actions and observations, the next action), before the whole episodes."""
-
-    demos: int = 1000
-    turns: int = 3
-    sft: SftSettings = field(default_factory=lambda: SftSettings(
-        epochs=6.0, learning_rate=1e-3, batch_size=8))
 
 
 @dataclass

@@ -114,6 +114,33 @@ def test_sft_then_dpo_on_exported_pairs_run_through_trl(tmp_path: Path) -> None:
     AutoModelForCausalLM.from_pretrained(str(tmp_path / "dpo"))
 
 
+def test_sft_on_step_windows_of_a_data_file(tmp_path: Path) -> None:
+    from branchpoint.train.episodes import demonstrations
+
+    base = tmp_path / "base"
+    built = runner.invoke(app, ["model", "build", str(base), "--env", "fs", "--option",
+                                "difficulty=easy", "--demo-tasks", "10", "--vocab-size",
+                                "400", "--hidden-size", "32", "--layers", "1", "--heads",
+                                "2", "--kv-heads", "1", "--intermediate-size", "64"])
+    assert built.exit_code == 0, built.output
+    data = tmp_path / "demos.jsonl"
+    episodes = list(demonstrations("fs", 2, options={"difficulty": "easy"}))
+    data.write_text("".join(json.dumps({"messages": e.messages}) + "\n" for e in episodes))
+    sft = runner.invoke(app, ["train", "sft", str(base), str(tmp_path / "sft"), "--data",
+                              str(data), "--windows", "2", "--epochs", "1"])
+    assert sft.exit_code == 0, sft.output
+    assert f"on {sum(e.steps for e in episodes)} conversations" in sft.output
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"messages": episodes[0].messages}) + "\n"
+                   + json.dumps({"prompt": "no messages"}) + "\n")
+    refused = runner.invoke(app, ["train", "sft", str(base), str(tmp_path / "x"), "--data",
+                                  str(bad), "--windows", "2"])
+    assert refused.exit_code == 1
+    assert "conversation 2 has no `messages` list" in refused.output
+    assert not (tmp_path / "x").exists()
+
+
 def test_the_model_demo_refuses_a_bad_engine_or_split_before_any_work(tmp_path: Path) -> None:
     for argv in (["--engine", "gpu"], ["--eval-split", "train"], ["--env", "fs", "--env",
                                                                    "shop"]):
