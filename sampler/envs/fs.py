@@ -688,8 +688,11 @@ class FsExpert(Expert):
             names = sorted({p.rsplit("/", 1)[1] for p in found.get(tag_q, [])})
             wrong_names = names[:-1] if len(names) > 1 and rng.random() < 0.5 else \
                 list(reversed(names)) if len(names) > 1 else [*names, "index.txt"]
-            steps.append((("write", {"path": index, "text": "\n".join(names)}),
-                          ("write", {"path": index, "text": "\n".join(wrong_names)})))
+            # Every line ends with a new line, as a text file's do (so the text is quoted in
+            # the text syntax, and a name reads the same there as after `"` in the request).
+            steps.append((("write", {"path": index, "text": "".join(f"{n}\n" for n in names)}),
+                          ("write", {"path": index,
+                                     "text": "".join(f"{n}\n" for n in wrong_names)})))
         for right, bad in steps:
             if fresh(right):
                 # Now and then the wrong move is to stop early, leaving partial credit.

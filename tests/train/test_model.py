@@ -149,19 +149,19 @@ def test_older_transformers_read_the_same_tokens_and_template(model_dir: Path) -
     assert theirs["eos"] == EOS
 
 
-def test_with_names_a_name_is_one_token_wherever_it_stands(tmp_path: Path) -> None:
+def test_with_names_a_path_is_spelt_the_same_at_a_line_start_and_after_a_space(
+        tmp_path: Path) -> None:
     from branchpoint.train.model import build_tokenizer
 
     texts = ["/src/todo.txt\nmv /src/todo.txt /teal", "find tag teal",
-             'write /teal/index.txt todo.txt', 'to "todo.txt", in'] * 50
+             'to "todo.txt", in'] * 50
     tok = build_tokenizer(texts, 300, "names")
 
     def spelt(text: str) -> list[str]:
         return [tok.decode([i]) for i in tok(text)["input_ids"]]
 
     assert spelt("/src/todo.txt") == ["/", "src", "/", "todo", ".", "txt"]
-    assert spelt("mv /src/todo.txt /teal")[:4] == ["mv", " ", "/", "src"]
-    assert spelt("write /teal/index.txt todo.txt")[-4:] == [" ", "todo", ".", "txt"]
-    assert spelt('to "todo.txt"')[:4] == ["to", " ", '"', "todo"]
+    assert spelt("mv /src/todo.txt /teal")[1:7] == [" /", "src", "/", "todo", ".", "txt"]
+    assert spelt('to "todo.txt"')[:3] == ["to", ' "', "todo"]  # a quoted name too
     with pytest.raises(ValueError, match="pretokenizer must be one of"):
         build_tokenizer(texts, 300, "words")
