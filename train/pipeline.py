@@ -56,7 +56,7 @@ class WindowSettings:
     demos: int = 1000
     turns: int = 3
     sft: SftSettings = field(default_factory=lambda: SftSettings(
-        epochs=6.0, learning_rate=1e-3, batch_size=8))
+        epochs=8.0, learning_rate=1e-3, batch_size=8))
 
 
 @dataclass(frozen=True)
