@@ -66,10 +66,10 @@ class DemoSettings:
 
     env: str = "fs"
     options: dict[str, Any] = field(
-        default_factory=lambda: {"difficulty": "easy", "max_steps": 12})
+        default_factory=lambda: {"difficulty": "intro", "max_steps": 12})
     engine: str = "vllm"
     model: ModelSpec = field(default_factory=lambda: ModelSpec(
-        envs=("fs",), options={"fs": {"difficulty": "easy", "max_steps": 12}},
+        envs=("fs",), options={"fs": {"difficulty": "intro", "max_steps": 12}},
         pretokenizer="names", layers=2))
     sft_demos: int = 800
     sft_mistakes: float = 0.2

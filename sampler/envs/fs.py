@@ -1,15 +1,15 @@
 """``fs``: tidy up a small generated file system.
 
 Each task is a directory tree generated from the task id and the ``difficulty`` option
-(``easy``, ``medium`` default, ``hard``): a few top-level folders (``docs``, ``logs``...)
+(``intro``, ``easy``, ``medium`` default, ``hard``): a few top-level folders (``docs``, ``logs``...)
 holding short text files whose lines are ``key value`` pairs (``tag red``, ``code 417``,
 ``owner ana``). The agent must find files by their content and reorganise them:
 
 1. move every file that contains ``tag T`` into a new folder ``/T`` (1, 2 or 3 files);
 2. either rename the file that contains ``code N`` (same folder, new name), or edit it
-   (change one ``owner`` line), which needs reading it first; at ``easy`` always rename
-   (an edit means copying a whole file with one line changed, a lookup that a model
-   trained from scratch for minutes does not learn: see the README's proof section);
+   (change one ``owner`` line), which needs reading it first; ``intro`` (one file to move,
+   no second step: the level a model trained from scratch in minutes can learn, see the
+   README's proof section) leaves this step out;
 3. write ``/T/index.txt`` listing the moved files' names, sorted, one per line;
 
 then ``submit``. That is at least six steps of exploration and change.
@@ -60,7 +60,7 @@ __all__ = ["DIFFICULTIES", "FsEnv", "FsExpert", "FsTask", "make_task"]
 
 Path_ = tuple[str, ...]
 
-DIFFICULTIES = ("easy", "medium", "hard")
+DIFFICULTIES = ("intro", "easy", "medium", "hard")
 FOLDERS = ("docs", "logs", "data", "notes", "mail", "work", "src", "tmp")
 SUBFOLDERS = ("old", "new", "misc", "done")
 WORDS = ("plan", "todo", "memo", "list", "draft", "report", "note", "spec", "info", "idea",
@@ -68,6 +68,7 @@ WORDS = ("plan", "todo", "memo", "list", "draft", "report", "note", "spec", "inf
 TAGS = ("red", "blue", "green", "gray", "pink", "gold", "teal", "plum")
 OWNERS = ("ana", "bo", "cy", "dee", "eli", "fay", "gus", "ivy")
 _LEVEL = {  # folders, sub-folders per folder (max), files per folder (min, max), to move
+    "intro": (2, 0, (2, 3), 1),
     "easy": (2, 0, (2, 3), 1),
     "medium": (3, 1, (2, 3), 2),
     "hard": (4, 2, (2, 4), 3),
@@ -110,20 +111,24 @@ class FsTask:
             expected[(*folder, p[-1])] = expected.pop(p)
         if kind == "rename":
             expected[(*target[:-1], new_name)] = expected.pop(target)
-        else:
+        elif kind == "edit":
             expected[target] = expected[target].replace(old_line, new_line)
         expected[(*folder, "index.txt")] = "\n".join(self.names)
         self.expected = expected
 
     def prompt(self) -> str:
+        move = (f'1. Move every file that contains "tag {self.tag}" into a new folder '
+                f"/{self.tag}.\n")
+        index = (f"Write /{self.tag}/index.txt: the names of the moved files, sorted, one per "
+                 "line.\nThen submit.")
+        if self.kind == "none":
+            return f"{move}2. {index}"
         step2 = (f'Rename the file that contains "code {self.code}" to "{self.new_name}", in '
                  "the same folder."
                  if self.kind == "rename" else
                  f'In the file that contains "code {self.code}", change "{self.old_line}" '
                  f'to "{self.new_line}".')
-        return (f'1. Move every file that contains "tag {self.tag}" into a new folder '
-                f"/{self.tag}.\n2. {step2}\n3. Write /{self.tag}/index.txt: the names of "
-                "the moved files, sorted, one per line.\nThen submit.")
+        return f"{move}2. {step2}\n3. {index}"
 
 
 def make_task(task_id: int, difficulty: str = "medium") -> FsTask:
@@ -167,8 +172,8 @@ def make_task(task_id: int, difficulty: str = "medium") -> FsTask:
             lines.append(f"size {rng.randint(1, 99)}")
         files[p] = "\n".join(lines)
     kind = rng.choice(("rename", "edit"))
-    if difficulty == "easy":  # drawn all the same, so the rest of the task stays as it was
-        kind = "rename"
+    if difficulty == "intro":  # drawn all the same, so the rest of the task stays as it was
+        kind = "none"
     code = files[target].split("\n")[1].split()[1]
     taken = {p[-1] for p in paths if p[:-1] == target[:-1]}
     new_name = rng.choice([f"{w}.txt" for w in WORDS if f"{w}.txt" not in taken])
@@ -561,7 +566,7 @@ class FsEnv(ToolEnvironment):
     def check(self) -> Check:
         spec, files = self.spec, self.tree.all_files()
         goals: list[SubGoal] = []
-        involved = {*spec.to_move, spec.target}
+        involved = {*spec.to_move, *([spec.target] if spec.kind != "none" else [])}
         dest: Path_
         for p in spec.to_move:
             dest = (*spec.folder, p[-1])
@@ -572,7 +577,7 @@ class FsEnv(ToolEnvironment):
             involved.add(dest)
             goals.append(SubGoal("renamed", 1.0, files.get(dest) == spec.files[spec.target]
                                  and spec.target not in files))
-        else:
+        elif spec.kind == "edit":
             edited = files.get(spec.target)
             goals.append(SubGoal("edited", 1.0, edited is not None
                                  and edited.rstrip() == spec.expected[spec.target].rstrip()))
@@ -590,7 +595,7 @@ class FsEnv(ToolEnvironment):
 
 _TASK = re.compile(
     r'contains "tag (?P<tag>\w+)" into a new folder /(?P<folder>\w+)\.\n2\. '
-    r'(?:Rename the file that contains "code (?P<rcode>\d+)" to "(?P<new>[\w.-]+)",'
+    r'(?:Write /|Rename the file that contains "code (?P<rcode>\d+)" to "(?P<new>[\w.-]+)",'
     r'|In the file that contains "code (?P<ecode>\d+)", change "(?P<old>[^"]+)" to '
     r'"(?P<newline>[^"]+)")')
 
@@ -668,7 +673,7 @@ class FsExpert(Expert):
                 name = p.rsplit("/", 1)[1]
                 steps.append((("mv", {"src": p, "dst": folder}),
                               ("mv", {"src": p, "dst": "/" + name})))
-        if code_q not in found:
+        if code and code_q not in found:
             steps.append((("find", {"text": code_q}), waste))
         coded = found.get(code_q, [])
         target = coded[0] if coded else None

@@ -37,17 +37,24 @@ def test_tasks_are_deterministic_and_have_at_least_three_subgoals(difficulty):
         with FsEnv(task_id, difficulty=difficulty) as env:
             env.reset()
             check = env.check()
-            assert len(check.subgoals) >= 4
+            assert len(check.subgoals) >= (3 if difficulty == "intro" else 4)
             assert 0 < check.score < 1  # untouched: only "intact" holds
 
 
-def test_easy_tasks_always_rename_and_the_others_also_edit():
+def test_intro_tasks_have_no_second_step_and_the_others_rename_or_edit():
     kinds = {d: {make_task(t, d).kind for t in range(60)} for d in DIFFICULTIES}
-    assert kinds == {"easy": {"rename"}, "medium": {"rename", "edit"},
-                     "hard": {"rename", "edit"}}
-    task = make_task(0, "easy")
+    assert kinds == {"intro": {"none"}, "easy": {"rename", "edit"},
+                     "medium": {"rename", "edit"}, "hard": {"rename", "edit"}}
+    task = make_task(0, "intro")
+    assert "code" not in task.prompt() and "2. Write /" in task.prompt()
+    with FsEnv(0, difficulty="intro") as env:
+        env.reset()
+        assert [g.name for g in env.check().subgoals] == [
+            f"moved {task.names[0]}", "index", "intact"]
+    renamed = make_task(next(t for t in range(60) if make_task(t, "easy").kind == "rename"),
+                        "easy")
     # The new name is quoted, as every other value the request names.
-    assert f'to "{task.new_name}", in the same folder' in task.prompt()
+    assert f'to "{renamed.new_name}", in the same folder' in renamed.prompt()
 
 
 def test_an_unknown_difficulty_or_option_is_refused():
