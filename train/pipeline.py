@@ -395,7 +395,7 @@ def _report(settings: DemoSettings, stages: list[Stage], before: EvalResult,
     }
     return {
         "env": settings.env, "options": settings.options, "engine": settings.engine,
-        **figures,
+        "eval_split": settings.eval_split, **figures,
         "stages": [{"name": s.name, "seconds": round(s.seconds, 1), "cached": s.cached,
                     "folder": s.folder} for s in stages],
         "seconds": round(seconds, 1),
@@ -418,14 +418,18 @@ def _plot(report: dict[str, Any], target: Path) -> None:
     values = [report["success_before"], report["success_after"]]
     low, high = report["difference_ci95"]
     ax.bar(["SFT", "SFT + DPO"], values, color=["#999999", "#3b7dd8"])
+    # The interval of the difference, drawn from the SFT model's rate: where the DPO
+    # model's rate may lie.
+    top = report["success_before"] + high
     ax.errorbar([1], [report["success_after"]],
                 yerr=[[report["success_after"] - (report["success_before"] + low)],
-                      [report["success_before"] + high - report["success_after"]]],
+                      [top - report["success_after"]]],
                 fmt="none", ecolor="black", capsize=6)
     for i, v in enumerate(values):
-        ax.text(i, v + 0.02, f"{v:.0%}", ha="center")
-    ax.set_ylim(0, 1.1)
-    ax.set_ylabel(f"held-out success ({report['eval_samples']} samples/task, T=0.7)")
+        ax.text(i, max(v, top if i == 1 else v) + 0.03, f"{v:.0%}", ha="center")
+    ax.set_ylim(0, 1.15)
+    split = report.get("eval_split", "heldout")
+    ax.set_ylabel(f"{split} success ({report['eval_samples']} samples/task, T=0.7)")
     ax.set_title(f"{report['env']}: {report['n_eval_tasks']} tasks, "
                  f"{report['n_pairs']} pairs")
     fig.tight_layout()

@@ -46,7 +46,7 @@ def check_artifacts(out: Path, report: dict[str, object]) -> None:
     assert set(report) >= REPORT_FIELDS
     assert json.loads((out / "report.json").read_text()) == report
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert report["n_eval_tasks"] == 3
+    assert report["n_eval_tasks"] == 3 and report["eval_split"] == "heldout"
     low, high = report["difference_ci95"]  # type: ignore[misc]
     assert low <= report["difference"] <= high  # type: ignore[operator]
     names = [s["name"] for s in report["stages"]]  # type: ignore[attr-defined,index]
