@@ -81,7 +81,7 @@ class DemoSettings:
     temperature: float = 0.7
     max_tokens: int = 96
     margin: float = 0.1
-    dpo: DpoSettings = field(default_factory=DpoSettings)
+    dpo: DpoSettings = field(default_factory=lambda: DpoSettings(epochs=4.0))
     eval_split: str = "heldout"
     eval_tasks: int = 50
     eval_samples: int = 4
