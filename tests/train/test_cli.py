@@ -70,17 +70,24 @@ def test_eval_reports_an_unreachable_endpoint_clearly(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def tiny_model(tmp_path: Path, demo_tasks: int) -> Path:
+    """`model build` of a 1-layer model in seconds, at TMP_PATH/base."""
+    base = tmp_path / "base"
+    built = runner.invoke(app, ["model", "build", str(base), "--env", "fs", "--option",
+                                "difficulty=easy", "--demo-tasks", str(demo_tasks),
+                                "--vocab-size", "400", "--hidden-size", "32", "--layers",
+                                "1", "--heads", "2", "--kv-heads", "1",
+                                "--intermediate-size", "64"])
+    assert built.exit_code == 0, built.output
+    return base
+
+
 def test_sft_then_dpo_on_exported_pairs_run_through_trl(tmp_path: Path) -> None:
     from branchpoint.sampler.demo import DemoConfig, grow_tree
     from branchpoint.store.exports import ExportOptions, export_lines
     from branchpoint.store.log import open_log
 
-    base = tmp_path / "base"
-    built = runner.invoke(app, ["model", "build", str(base), "--env", "fs", "--option",
-                                "difficulty=easy", "--demo-tasks", "20", "--vocab-size",
-                                "400", "--hidden-size", "32", "--layers", "1", "--heads",
-                                "2", "--kv-heads", "1", "--intermediate-size", "64"])
-    assert built.exit_code == 0, built.output
+    base = tiny_model(tmp_path, demo_tasks=20)
     sft = runner.invoke(app, ["train", "sft", str(base), str(tmp_path / "sft"), "--env", "fs",
                               "--option", "difficulty=easy", "--demos", "8", "--epochs", "1",
                               "--batch-size", "4"])
@@ -117,12 +124,7 @@ def test_sft_then_dpo_on_exported_pairs_run_through_trl(tmp_path: Path) -> None:
 def test_sft_on_step_windows_of_a_data_file(tmp_path: Path) -> None:
     from branchpoint.train.episodes import demonstrations
 
-    base = tmp_path / "base"
-    built = runner.invoke(app, ["model", "build", str(base), "--env", "fs", "--option",
-                                "difficulty=easy", "--demo-tasks", "10", "--vocab-size",
-                                "400", "--hidden-size", "32", "--layers", "1", "--heads",
-                                "2", "--kv-heads", "1", "--intermediate-size", "64"])
-    assert built.exit_code == 0, built.output
+    base = tiny_model(tmp_path, demo_tasks=10)
     data = tmp_path / "demos.jsonl"
     episodes = list(demonstrations("fs", 2, options={"difficulty": "easy"}))
     data.write_text("".join(json.dumps({"messages": e.messages}) + "\n" for e in episodes))
