@@ -315,8 +315,10 @@ def register(app: typer.Typer) -> None:
                                     sft_demos=sft_demos or base.sft_demos,
                                     options={**(base.options if names[0] == "fs" else {}),
                                              **options},
+                                    # Another environment: the same network and
+                                    # tokenizer recipe, built on its own text.
                                     model=base.model if names[0] == "fs" else
-                                    type(base.model)(envs=(names[0],)))
+                                    replace(base.model, envs=(names[0],), options={}))
             try:
                 _run_model(out or Path("runs/demo"), settings, fresh, quiet, compare)
             except (BranchpointError, ValueError, RuntimeError, OSError) as exc:
