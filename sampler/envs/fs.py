@@ -12,7 +12,7 @@ holding short text files whose lines are ``key value`` pairs (``tag red``, ``cod
    README's proof section) leaves this step out;
 3. write ``/T/index.txt`` listing the moved files' names, sorted, one per line;
 
-then ``submit``. That is at least six steps of exploration and change.
+then ``submit``. That is at least six steps of exploration and change (five at ``intro``).
 
 Tools: ``ls [PATH]``, ``cd PATH``, ``cat PATH``, ``find TEXT`` (every file containing
 TEXT, as paths from the root), ``mkdir PATH``, ``mv SRC DST`` (into DST when it is a
@@ -375,7 +375,7 @@ TOOLS = _tools()
 
 
 class FsEnv(ToolEnvironment):
-    """The ``fs`` environment. Options: ``difficulty`` (easy | medium | hard, default
+    """The ``fs`` environment. Options: ``difficulty`` (intro | easy | medium | hard, default
     medium), ``backend`` (memory | disk, default memory), ``max_steps`` (default 30)."""
 
     name: ClassVar[str] = "fs"
