@@ -69,7 +69,6 @@ def test_eval_reports_an_unreachable_endpoint_clearly(tmp_path: Path) -> None:
     assert not (tmp_path / "r.jsonl").exists()
 
 
-@pytest.mark.slow
 def tiny_model(tmp_path: Path, demo_tasks: int) -> Path:
     """`model build` of a 1-layer model in seconds, at TMP_PATH/base."""
     base = tmp_path / "base"
@@ -82,6 +81,7 @@ def tiny_model(tmp_path: Path, demo_tasks: int) -> Path:
     return base
 
 
+@pytest.mark.slow
 def test_sft_then_dpo_on_exported_pairs_run_through_trl(tmp_path: Path) -> None:
     from branchpoint.sampler.demo import DemoConfig, grow_tree
     from branchpoint.store.exports import ExportOptions, export_lines
@@ -121,6 +121,7 @@ def test_sft_then_dpo_on_exported_pairs_run_through_trl(tmp_path: Path) -> None:
     AutoModelForCausalLM.from_pretrained(str(tmp_path / "dpo"))
 
 
+@pytest.mark.slow
 def test_sft_on_step_windows_of_a_data_file(tmp_path: Path) -> None:
     from branchpoint.train.episodes import demonstrations
 
