@@ -130,6 +130,9 @@ class Pipeline:
         self._queue_max = queue_size
         self._overflow_max = overflow_size
         self._batch = batch_size
+        # a backlog goes out in larger batches where the destination takes them: fewer
+        # transactions, and fewer lookups per event
+        self._max_send = max(batch_size, getattr(sink, "max_batch", batch_size))
         self._linger = linger_s
         self._backoff_min, self._backoff_max = backoff_s
         self._spool_chunk = spool_chunk
@@ -189,30 +192,45 @@ class Pipeline:
                 if n and (before == 0 or before < self._batch <= before + n):
                     self._wake.set()  # a batch opens (its linger starts), or fills
                 return
-            for event in events:
-                self._seq += 1
-                item = (self._seq, event)
-                if not self._diverted and len(self._queue) < self._queue_max:
-                    self._queue.append(item)
-                    n = len(self._queue)
-                    if n in (1, self._batch):  # a batch opens (its linger starts), or fills
-                        self._wake.set()
-                elif self._closing:
-                    late.append(item)
-                elif len(self._overflow) >= self._overflow_max:
-                    self._counts["dropped"] += 1
-                    self._settled += 1
-                    self._settled_cond.notify_all()
-                    self._log_drop()
-                else:
-                    self._diverted = True
-                    self._overflow.append(item)
-                    wake_spooler = self._outage or len(self._overflow) >= self._spool_threshold
+            if self._diverted and not self._closing and (
+                    len(self._overflow) + n <= self._overflow_max):
+                # a backlog: all of them to the overflow, in one go
+                self._overflow.extend(zip(range(first, first + n), events, strict=True))
+                self._seq += n
+                wake_spooler = self._outage or len(self._overflow) >= self._spool_threshold
+            else:
+                wake_spooler = self._put_each(events, late)
         if late:
             # recorded after close(): no thread is left to send them, so they go to disk here
             self._write_segment(late)
         elif wake_spooler:
             self._spool_wake.set()
+
+    def _put_each(self, events: Sequence[Event], late: list[Item]) -> bool:
+        """:meth:`put` one event at a time, under ``_lock``: to the queue while it has
+        room and nothing is diverted, else to the overflow, to ``late`` once closing, or
+        dropped when the overflow is full. Returns whether to wake the spooler."""
+        wake_spooler = False
+        for event in events:
+            self._seq += 1
+            item = (self._seq, event)
+            if not self._diverted and len(self._queue) < self._queue_max:
+                self._queue.append(item)
+                n = len(self._queue)
+                if n in (1, self._batch):  # a batch opens (its linger starts), or fills
+                    self._wake.set()
+            elif self._closing:
+                late.append(item)
+            elif len(self._overflow) >= self._overflow_max:
+                self._counts["dropped"] += 1
+                self._settled += 1
+                self._settled_cond.notify_all()
+                self._log_drop()
+            else:
+                self._diverted = True
+                self._overflow.append(item)
+                wake_spooler = self._outage or len(self._overflow) >= self._spool_threshold
+        return wake_spooler
 
     def _log_drop(self) -> None:
         now = time.monotonic()
@@ -373,7 +391,8 @@ class Pipeline:
         with self._lock:
             if self._closing:
                 return False
-            batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._batch))]
+            batch = [self._queue.popleft()
+                     for _ in range(min(len(self._queue), self._max_send))]
             diverted = self._diverted
         if batch:
             self._send_live(batch)
@@ -389,7 +408,7 @@ class Pipeline:
             if not self._overflow:
                 self._diverted = False
                 return False
-            n = min(len(self._overflow), self._batch)
+            n = min(len(self._overflow), self._max_send)
             batch = [self._overflow.popleft() for _ in range(n)]
         self._send_live(batch)
         return True

@@ -64,6 +64,9 @@ class TooLarge(Exception):
 
 
 class Sink(Protocol):
+    """A destination. A sink may also say ``max_batch``: how many events it takes in one
+    batch when a backlog has built up (default: the recorder's batch size)."""
+
     destination: str
 
     def send(self, events: Sequence[Event], *, normalized: bool = False) -> None:
@@ -99,6 +102,10 @@ class SqliteSink:
     """Appends to a SQLite file with the stdlib-only writer, the same rules and rows as
     every other writer. The file is opened on the first batch (and again after a failure),
     so a locked or missing disk is an outage like any other."""
+
+    #: events per transaction when a backlog has built up (one transaction, its lookups and
+    #: its commit, per 5000 events rather than per batch)
+    max_batch = 5000
 
     def __init__(self, path: str) -> None:
         self.path = str(Path(path).expanduser().resolve())

@@ -184,7 +184,7 @@ class TreeState:
         elif isinstance(p, ActionExecuted):
             node = self.nodes.get(p.node_id)
             if node is not None:
-                node.observation, node.done = list(p.observation), p.done
+                node.observation, node.done = p.observation, p.done
         elif isinstance(p, TreeClosed):
             self.closed = p.reason
 

@@ -201,3 +201,47 @@ def test_a_flush_waits_for_a_send_it_began_not_one_already_under_way(tmp_path: P
     assert flushed == [True]
     assert sink.stored == [e.event_id for e in events]
     assert pipeline.close(timeout=5)
+
+
+class _SlowFirstSend:
+    """A sink that takes up to ``max_batch`` events a batch and holds its first send until
+    released, so that a backlog builds up behind it."""
+
+    destination = "fake://slow-first-send"
+    max_batch = 40
+
+    def __init__(self) -> None:
+        self.started, self.release = threading.Event(), threading.Event()
+        self.batches: list[list[str]] = []
+
+    def send(self, events: Any, *, normalized: bool = False) -> None:
+        if not self.batches:
+            self.started.set()
+            self.release.wait(10)
+        self.batches.append([e.event_id for e in events])
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_backlog_goes_out_in_batches_up_to_the_sinks_max_batch(tmp_path: Path) -> None:
+    sink = _SlowFirstSend()
+    folder = tmp_path / "spool"
+    pipeline = Pipeline(sink, Spool(folder), DeadLetters(folder, sink.destination),
+                        batch_size=10, queue_size=1000, linger_s=0.001)
+    b = TreeBuilder("t", writer="w")
+    b.root([{"role": "user", "content": "go"}], {"env": "e", "task_id": 1})
+    pipeline.put(b.take())
+    assert sink.started.wait(10)  # the first send (the root) is under way
+    head = "root"
+    for i in range(60):  # 120 events wait behind it
+        head = b.step(head, {"role": "assistant", "content": f"a{i}"},
+                      [{"role": "user", "content": f"o{i}"}], None)
+    events = b.take()
+    pipeline.put(events)
+    sink.release.set()
+    assert pipeline.flush(timeout=10)
+    assert pipeline.close(timeout=5)
+    sizes = [len(x) for x in sink.batches[1:]]
+    assert max(sizes) == 40 and sum(sizes) == 120  # past the batch size, up to max_batch
+    assert [i for x in sink.batches[1:] for i in x] == [e.event_id for e in events]
