@@ -236,8 +236,12 @@ class Branch:
         t._known.add(node)
         if done:
             t._done.add(node)
-        t._defer((time.time(), "step", parent, node, action, observation, done, produced_by, info,
-                  latency_ms, meta))
+        # t._defer(...), inlined: this is the agent's most frequent call
+        ops = t._ops
+        ops.append((time.time(), "step", parent, node, action, observation, done, produced_by,
+                    info, latency_ms, meta))
+        if len(ops) == 1:
+            t._rec._materializer.dirty.append(t)
         self.head = node
         return node
 
