@@ -24,7 +24,7 @@ and live sends, and a child never arrives before its parent.
 from __future__ import annotations
 
 import logging
-import random
+import os
 import threading
 import time
 from collections import deque
@@ -486,7 +486,8 @@ class Pipeline:
             self._outage = True
             self._failed_try = max(self._failed_try,
                                    self._tries if attempt is None else attempt)
-            self._retry_at = time.monotonic() + self._delay * random.uniform(0.5, 1.0)
+            jitter = 0.5 + int.from_bytes(os.urandom(2)) / 131_070  # in [0.5, 1]
+            self._retry_at = time.monotonic() + self._delay * jitter
             self._delay = min(self._delay * 2, self._backoff_max)
             self._settled_cond.notify_all()  # a flush now waits for the spool, not the sink
         self._spool_wake.set()
