@@ -200,13 +200,17 @@ class Recorder:
 class Branch:
     """One line of a trajectory: :meth:`step` extends it from its ``head``."""
 
+    #: the trajectory this branch extends; None on a :class:`Trajectory` (its own main
+    #: branch), which would otherwise refer to itself
+    _owner: Trajectory | None
+
     def __init__(self, trajectory: Trajectory, head: str) -> None:
         self._owner = trajectory
         self.head = head
 
     @property
     def _t(self) -> Trajectory:
-        return self._owner
+        return cast(Trajectory, self._owner)
 
     @property
     def tree_id(self) -> str:
@@ -226,7 +230,8 @@ class Branch:
 
         The messages are recorded by reference and encoded in the background: do not
         change them afterwards."""
-        t = self._t
+        owner = self._owner  # not the property: a call saved on the agent's hottest path
+        t = owner if owner is not None else cast(Trajectory, self)
         parent = self.head
         if parent in t._done:
             t._rec._error(f"a step in trajectory {t._tree_id!r}", ValueError(
@@ -290,6 +295,8 @@ class _SdkBuilder(TreeBuilder):
 
 class Trajectory(Branch):
     """A recorded trajectory (one tree) and its main branch."""
+
+    _owner = None
 
     def __init__(self, recorder: Recorder, tree_id: str, *,
                  events: Sequence[Any] | None = None) -> None:
