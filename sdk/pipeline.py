@@ -181,7 +181,6 @@ class Pipeline:
     def put(self, events: Sequence[Event]) -> None:
         """Accept events, in order; never blocks on I/O and never raises."""
         late: list[Item] = []
-        wake_spooler = False
         with self._lock:
             n, first = len(events), self._seq + 1
             if not self._diverted and len(self._queue) + n <= self._queue_max:

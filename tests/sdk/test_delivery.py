@@ -157,6 +157,20 @@ def test_when_memory_and_disk_are_both_full_events_are_dropped_counted_and_logge
     rec.close(timeout=1)
 
 
+def _pipeline(sink: Any, tmp_path: Path, **options: Any) -> Pipeline:
+    """A pipeline to ``sink`` with its spool under ``tmp_path``, lingering 1 ms."""
+    folder = tmp_path / "spool"
+    return Pipeline(sink, Spool(folder), DeadLetters(folder, sink.destination),
+                    linger_s=0.001, **options)
+
+
+def _opened_tree() -> TreeBuilder:
+    """A builder of tree ``t`` with its root recorded."""
+    b = TreeBuilder("t", writer="w")
+    b.root([{"role": "user", "content": "go"}], {"env": "e", "task_id": 1})
+    return b
+
+
 class _OutageThenUp:
     """A sink whose first send waits to be released and then finds the destination down;
     every later send stores its batch."""
@@ -182,11 +196,8 @@ class _OutageThenUp:
 
 def test_a_flush_waits_for_a_send_it_began_not_one_already_under_way(tmp_path: Path) -> None:
     sink = _OutageThenUp()
-    folder = tmp_path / "spool"
-    pipeline = Pipeline(sink, Spool(folder), DeadLetters(folder, sink.destination),
-                        linger_s=0.001, backoff_s=(0.2, 0.2))
-    b = TreeBuilder("t", writer="w")
-    b.root([{"role": "user", "content": "go"}], {"env": "e", "task_id": 1})
+    pipeline = _pipeline(sink, tmp_path, backoff_s=(0.2, 0.2))
+    b = _opened_tree()
     b.step("root", {"role": "assistant", "content": "a"}, [{"role": "user", "content": "b"}],
            done=True)
     events = b.take()
@@ -226,11 +237,8 @@ class _SlowFirstSend:
 
 def test_a_backlog_goes_out_in_batches_up_to_the_sinks_max_batch(tmp_path: Path) -> None:
     sink = _SlowFirstSend()
-    folder = tmp_path / "spool"
-    pipeline = Pipeline(sink, Spool(folder), DeadLetters(folder, sink.destination),
-                        batch_size=10, queue_size=1000, linger_s=0.001)
-    b = TreeBuilder("t", writer="w")
-    b.root([{"role": "user", "content": "go"}], {"env": "e", "task_id": 1})
+    pipeline = _pipeline(sink, tmp_path, batch_size=10, queue_size=1000)
+    b = _opened_tree()
     pipeline.put(b.take())
     assert sink.started.wait(10)  # the first send (the root) is under way
     head = "root"
